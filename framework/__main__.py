@@ -1,0 +1,152 @@
+"""The launcher: `python -m framework [overrides]` or `python -m framework -m [sweep overrides]`.
+
+    compose (Hydra) -> validate -> build data, decoder, model -> run the algorithm plugin
+                    -> decode the test split -> score -> write results -> log to W&B
+
+Everything that can be wrong with the input is checked before the first training step. The
+launcher knows no algorithm, dataset, decoder or model by name: it looks each up in the registry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# Before any Hugging Face import: no telemetry pings (TRL sends one per trainer) on offline machines.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from framework import __version__, registry, tracking  # noqa: E402
+from framework.config import to_validated  # noqa: E402
+from framework.errors import ConfigError  # noqa: E402
+
+log = logging.getLogger("framework")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _describe_decoder(decoder) -> str:
+    interesting = {key: value for key, value in vars(decoder).items()
+                   if key not in ("name", "max_new_tokens", "prompts_per_batch")}
+    return decoder.name + (f"({', '.join(f'{k}={v}' for k, v in interesting.items())})" if interesting else "")
+
+
+def _versions() -> dict:
+    import datasets
+    import torch
+    import transformers
+    import trl
+
+    return {"framework": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__, "datasets": datasets.__version__}
+
+
+def _hardware(runtime) -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": runtime.device, "precision": runtime.precision}
+    if runtime.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(runtime.device)
+    return info
+
+
+def _hydra_context() -> tuple[Path, str | None, list[str]]:
+    """This job's output directory, the sweep's name when in a multirun, and the job's overrides."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
+    group = Path(hydra_config.sweep.dir).name if hydra_config.mode == RunMode.MULTIRUN else None
+    return output_dir, group, list(hydra_config.overrides.task)
+
+
+def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: list[str] | None = None) -> dict:
+    """One job. Returns the results record (also written to `output_dir/results.json`)."""
+    from transformers import set_seed
+
+    from framework import evaluation
+    from framework.algorithms import AlgorithmContext
+    from framework.models import resolve_runtime
+    from framework.stages import StageStore
+
+    started = time.time()
+    settings = to_validated(cfg)  # ConfigError on any bad value, before anything is built
+    runtime = resolve_runtime(settings.device, settings.model.precision)
+    algorithm = registry.algorithms.get(settings.algorithm.name)
+    decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed)
+    data = registry.datasets.get(settings.dataset.name)(settings.dataset)  # ConfigError on a bad file or row
+    build_model = registry.models.get(settings.model.name)
+    stages = StageStore(settings.stages.cache_dir, reuse=settings.stages.reuse)
+    base = build_model(settings.model, stages, runtime)  # ConfigError if it cannot load; tiny: built once
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    run_name = settings.run_name or f"{settings.algorithm.name}-{_describe_decoder(settings.decoder)}-seed{settings.seed}"
+    tracker = tracking.start(settings.logger, resolved, output_dir, run_name, group, job_type=settings.algorithm.name)
+    failed = True
+    try:
+        set_seed(settings.seed)
+        context = AlgorithmContext(config=settings.algorithm, base=base, data=data, stages=stages, runtime=runtime,
+                                   seed=settings.seed, report_to=tracker.report_to, output_dir=output_dir,
+                                   log=tracker.log)
+        trained_at = time.time()
+        policy = algorithm(context)
+        train_seconds = time.time() - trained_at
+
+        decoded_at = time.time()
+        model, tokenizer = policy.load_model(runtime), policy.load_tokenizer()
+        decoded = decoder.decode(model, tokenizer, list(data.test["prompt"]))
+        metrics, records = evaluation.score(data.test, decoded, data.checker)
+        metrics["decode_seconds"] = time.time() - decoded_at
+        metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
+
+        evaluation.write_jsonl(output_dir / "generations.jsonl", records)
+        results = {
+            "algorithm": settings.algorithm.name, "decoder": settings.decoder.name,
+            "decoder_label": _describe_decoder(settings.decoder), "dataset": settings.dataset.name,
+            "model": settings.model.name, "seed": settings.seed, "metrics": metrics,
+            "train_seconds": train_seconds, "wall_seconds": time.time() - started,
+            "policy": policy.fingerprint, "overrides": overrides or [], "versions": _versions(),
+            "hardware": _hardware(runtime), "wandb_run": tracker.run_path,
+        }
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
+        tracker.log(metrics, prefix="eval/")
+        tracker.summary({f"eval/{key}": value for key, value in metrics.items()})
+        tracker.log_table("eval/generations", records)
+        failed = False
+    finally:
+        tracker.finish(failed=failed)
+    print(f"{run_name} on {settings.dataset.name}: accuracy {metrics['accuracy']:.3f} "
+          f"[{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}] "
+          f"(n={metrics['num_problems']}), mean {metrics['mean_tokens']:.1f} tokens -> {output_dir}", flush=True)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def hydra_entry(cfg: DictConfig) -> float:
+    output_dir, group, overrides = _hydra_context()
+    try:
+        return run(cfg, output_dir, group, overrides)["metrics"]["accuracy"]
+    except ConfigError as error:
+        if group is not None:  # in a sweep: fail this job only; Hydra runs the others and reports it
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main() -> None:
+    registry.load_plugins()  # registers every schema in the ConfigStore before Hydra composes
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

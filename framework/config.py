@@ -1,0 +1,232 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option in conf/<group>/ starts from its schema (`defaults: [<name>_schema, _self_]`), so a
+misspelt key or a string where a number belongs fails at compose time, naming the key. Value checks
+that a type cannot express (num_beams >= 1, temperature > 0, ...) live in each schema's `validate`,
+which the launcher runs on the composed config before anything is built or trained.
+
+Plugins (algorithms, datasets, decoders, models) register their schema through `register_schema`;
+this module only holds the shared parts and the top-level run config.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from framework.errors import ConfigError
+
+
+def require(condition: bool, key: str, message: str, value: Any = None) -> None:
+    """Raise one readable ConfigError naming the full key when a value check fails."""
+    if not condition:
+        raise ConfigError(f"{key} {message} (got {value!r})")
+
+
+class Validated:
+    """Mixin: `validate(prefix)` checks this node; subclasses extend `checks`."""
+
+    def checks(self, prefix: str) -> None:  # pragma: no cover - overridden
+        pass
+
+    def validate(self, prefix: str) -> None:
+        self.checks(prefix)
+        for item in fields(self):  # nested schema nodes check themselves too
+            value = getattr(self, item.name)
+            if isinstance(value, Validated):
+                value.validate(f"{prefix}.{item.name}")
+
+
+# ---------------------------------------------------------------------------- shared training keys
+@dataclass
+class TrainingConfig(Validated):
+    """Keys every training algorithm shares; names follow transformers.TrainingArguments."""
+
+    learning_rate: float = 5e-4
+    max_steps: int = 300  # optimizer steps; wins over num_train_epochs when > 0
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 32  # sequences (prompt+completion) per device per micro-batch
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~10-30% slower
+    max_length: int = 512  # tokens per training sequence; longer ones are truncated
+    logging_steps: int = 25
+    save_steps: int = 50  # checkpoint interval (optimizer steps); an interrupted run resumes from the last
+    save_total_limit: int = 2
+
+    def checks(self, prefix: str) -> None:
+        require(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"{prefix}.learning_rate",
+                "must be a positive number", self.learning_rate)
+        require(self.max_steps > 0 or self.num_train_epochs > 0, f"{prefix}.max_steps",
+                "or num_train_epochs must be positive", self.max_steps)
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",
+                    "save_steps", "save_total_limit"):
+            require(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1", getattr(self, key))
+        require(0 <= self.warmup_ratio < 1, f"{prefix}.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+        require(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
+        require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", "must be > 0", self.max_grad_norm)
+
+
+# ---------------------------------------------------------------------------- group bases
+@dataclass
+class AlgorithmConfig(Validated):
+    name: str = MISSING  # registry key of the algorithm plugin
+
+
+@dataclass
+class DecoderConfig(Validated):
+    name: str = MISSING  # registry key of the decoder
+    max_new_tokens: int = 96  # generated tokens per response, at most
+    prompts_per_batch: int = 128  # prompts per `generate` call (each brings its samples or beams)
+
+    def checks(self, prefix: str) -> None:
+        require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
+        require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
+
+
+@dataclass
+class DatasetConfig(Validated):
+    name: str = MISSING  # registry key of the dataset loader
+    path: str | None = None  # local directory with train.jsonl / test.jsonl; overrides the built-in source
+    train_size: int | None = None  # first N training rows (None: all)
+    test_size: int | None = None  # first N test rows (None: all)
+    prompt_template: str = "{question}\n"  # how a question becomes the model's prompt
+
+    def checks(self, prefix: str) -> None:
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"{prefix}.{key}", "must be >= 1 or null", value)
+        require("{question}" in self.prompt_template, f"{prefix}.prompt_template",
+                "must contain the placeholder {question}", self.prompt_template)
+
+
+@dataclass
+class ModelConfig(Validated):
+    name: str = MISSING  # registry key of the model builder
+    precision: str = "auto"  # auto (bf16 on a bf16-capable GPU, else fp32) | fp32 | bf16 | fp16
+
+    def checks(self, prefix: str) -> None:
+        require(self.precision in ("auto", "fp32", "bf16", "fp16"), f"{prefix}.precision",
+                "must be one of auto, fp32, bf16, fp16", self.precision)
+
+
+@dataclass
+class LoggerConfig(Validated):
+    name: str = MISSING
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    name: str = "wandb"
+    project: str = "reasoning-posttrain"
+    entity: str | None = None
+    mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    group: str | None = None  # default: the multirun sweep directory's name, so a sweep's runs group
+    tags: list[str] = field(default_factory=list)
+    log_generations: bool = True  # the scored generations as a wandb.Table
+    max_table_rows: int = 500
+
+    def checks(self, prefix: str) -> None:
+        require(self.mode in ("offline", "online", "disabled"), f"{prefix}.mode",
+                "must be one of offline, online, disabled", self.mode)
+        require(self.max_table_rows >= 0, f"{prefix}.max_table_rows", "must be >= 0", self.max_table_rows)
+
+
+@dataclass
+class NoLoggerConfig(LoggerConfig):
+    name: str = "none"
+
+
+@dataclass
+class StagesConfig(Validated):
+    """Where trained models and other stage outputs are stored, and whether to reuse them."""
+
+    cache_dir: str = MISSING  # resolved from FRAMEWORK_CACHE_DIR or ./.cache/framework in conf/config.yaml
+    reuse: bool = True  # false: recompute every stage and overwrite its stored output
+
+
+@dataclass
+class RunConfig(Validated):
+    model: Any = MISSING
+    dataset: Any = MISSING
+    algorithm: Any = MISSING
+    decoder: Any = MISSING
+    logger: Any = MISSING
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    seed: int = 0  # seeds training, sampling and data order
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    run_name: str | None = None  # W&B run name; default: "<algorithm>-<decoder>-seed<seed>"
+
+    def validate(self, prefix: str = "") -> None:
+        """Top-level keys have no prefix: each group node is checked under its own name."""
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+                "device", "must be auto, cpu, cuda or cuda:N", self.device)
+        for group in GROUP_BASES:
+            getattr(self, group).validate(group)
+        self.stages.validate("stages")
+
+
+GROUP_BASES = {
+    "model": ModelConfig,
+    "dataset": DatasetConfig,
+    "algorithm": AlgorithmConfig,
+    "decoder": DecoderConfig,
+    "logger": LoggerConfig,
+}
+
+
+def register_schema(group: str, name: str, schema: type, *, as_option: bool = False) -> None:
+    """Store `schema` as `<group>/<name>_schema`; YAML options extend it. `as_option` also makes the
+    bare schema selectable as `<group>=<name>`, for plugins that ship no YAML (external packages)."""
+    if group not in GROUP_BASES:
+        raise ValueError(f"unknown config group {group!r}; expected one of {sorted(GROUP_BASES)}")
+    if not (is_dataclass(schema) and issubclass(schema, GROUP_BASES[group])):
+        raise TypeError(f"{schema!r} must be a dataclass subclassing {GROUP_BASES[group].__name__}")
+    store = ConfigStore.instance()
+    store.store(group=group, name=f"{name}_schema", node=schema)
+    if as_option:
+        store.store(group=group, name=name, node=schema)
+
+
+_BASE_REGISTERED = False
+
+
+def register_base_schemas() -> None:
+    global _BASE_REGISTERED
+    if _BASE_REGISTERED:
+        return
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    register_schema("logger", "wandb", WandbLoggerConfig)
+    register_schema("logger", "none", NoLoggerConfig)
+    _BASE_REGISTERED = True
+
+
+def to_validated(cfg: DictConfig) -> RunConfig:
+    """Turn the composed config into schema objects and run every value check.
+
+    Raises ConfigError with the first failing key; nothing has been built or trained at this point.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        run = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:  # missing mandatory value, bad interpolation, ...
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {error.msg if hasattr(error, 'msg') else error}") from None
+    if not isinstance(run, RunConfig):
+        raise ConfigError("the composed config does not follow the run schema (conf/config.yaml must start "
+                          "with `defaults: [run_schema, ...]`)")
+    for group, base in GROUP_BASES.items():
+        node = getattr(run, group)
+        if not isinstance(node, base):
+            raise ConfigError(f"{group}: the selected option has no registered schema; its YAML must list "
+                              f"`<name>_schema` in its defaults (got keys {sorted(dict(node)) if node else node})")
+    run.validate()
+    return run

@@ -1,0 +1,175 @@
+"""Dataset plugins: each turns its config node into train/test `datasets.Dataset`s with the columns
+
+    question     the problem text
+    prompt       the question rendered with `prompt_template` (what the model sees)
+    completion   the demonstration (a worked solution ending in its final answer)
+    gold_answer  the normalised final answer, used by evaluation (and by methods allowed labels)
+
+plus the answer checker evaluation uses and a fingerprint of everything that determines the rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+
+from framework import registry
+from framework.config import DatasetConfig, require
+from framework.data import arith
+from framework.data.answers import NumericAnswerChecker
+from framework.errors import ConfigError
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class TaskData:
+    train: Dataset
+    test: Dataset
+    checker: NumericAnswerChecker
+    fingerprint: dict = field(default_factory=dict)  # determines the rows; part of every stage key
+
+
+def _rows_to_dataset(rows: list[dict], template: str, checker, where: str) -> Dataset:
+    records = []
+    for index, row in enumerate(rows):
+        gold = checker.gold_from_solution(row["answer"])
+        if gold is None:
+            raise ConfigError(f"{where(index)}: the answer has no final '#### <number>' line: {row['answer'][-80:]!r}")
+        records.append({"question": row["question"], "prompt": template.format(question=row["question"]),
+                        "completion": row["answer"], "gold_answer": gold})
+    return Dataset.from_list(records)
+
+
+def _limit(rows: list[dict], size: int | None) -> list[dict]:
+    return rows if size is None else rows[:size]
+
+
+def read_gsm8k_jsonl(file: Path) -> list[dict]:
+    """Read GSM8K-format rows ({"question", "answer"}) with errors that name the file and line.
+
+    Parsed by hand rather than with `datasets.load_dataset("json")` because that reports a bad row as an
+    Arrow schema error without its line number.
+    """
+    if not file.is_file():
+        raise ConfigError(f"dataset.path: no file {str(file)!r}")
+    rows = []
+    with file.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{file}:{line_number}: not valid JSON ({error.msg})") from None
+            for key in ("question", "answer"):
+                if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+                    raise ConfigError(f"{file}:{line_number}: row has no non-empty string field {key!r}")
+            row["_line"] = line_number
+            rows.append(row)
+    if not rows:
+        raise ConfigError(f"{file}: no rows")
+    return rows
+
+
+def _file_digest(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+
+
+def load_local_gsm8k_format(config: DatasetConfig, checker) -> TaskData:
+    directory = Path(os.path.expanduser(config.path))
+    if not directory.is_dir():
+        raise ConfigError(f"dataset.path: {config.path!r} is not a directory holding train.jsonl and test.jsonl")
+    datasets, fingerprint = {}, {"path": str(directory.resolve())}
+    for split in SPLITS:
+        file = directory / f"{split}.jsonl"
+        rows = _limit(read_gsm8k_jsonl(file), getattr(config, f"{split}_size"))
+        datasets[split] = _rows_to_dataset(rows, config.prompt_template, checker,
+                                           lambda i, rows=rows, file=file: f"{file}:{rows[i]['_line']}")
+        fingerprint[split] = _file_digest(file)
+    return TaskData(datasets["train"], datasets["test"], checker, fingerprint)
+
+
+# ---------------------------------------------------------------------------- arith (embedded default)
+@dataclass
+class ArithDatasetConfig(DatasetConfig):
+    name: str = "arith"
+    seed: int = 0  # the data seed; independent of the run seed so seeds vary training, not the task
+    train_size: int | None = 2000
+    test_size: int | None = 200
+    min_steps: int = 2  # operations per problem, drawn uniformly from [min_steps, max_steps]
+    max_steps: int = 4
+    start_max: int = 20  # the starting amount is drawn from [1, start_max]
+    operand_max: int = 20  # each added/subtracted amount is drawn from [1, operand_max]
+    value_max: int = 99  # running values stay in [0, value_max]
+    multiplier_max: int = 3  # for the `mul` operation
+    operations: list[str] = field(default_factory=lambda: ["add", "sub"])  # any of add, sub, mul
+
+    def checks(self, prefix: str) -> None:
+        super().checks(prefix)
+        require(self.train_size is not None and self.test_size is not None, f"{prefix}.train_size",
+                "and test_size must be numbers for the generated task", (self.train_size, self.test_size))
+        require(1 <= self.min_steps <= self.max_steps, f"{prefix}.min_steps",
+                "must satisfy 1 <= min_steps <= max_steps", (self.min_steps, self.max_steps))
+        for key in ("start_max", "operand_max"):
+            require(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1", getattr(self, key))
+        require(self.start_max <= self.value_max <= arith.NUMBER_TOKEN_MAX, f"{prefix}.value_max",
+                f"must be in [start_max, {arith.NUMBER_TOKEN_MAX}]", self.value_max)
+        require(self.multiplier_max >= 2, f"{prefix}.multiplier_max", "must be >= 2", self.multiplier_max)
+        unknown = sorted(set(self.operations) - set(arith.CHANGES))
+        require(bool(self.operations) and not unknown, f"{prefix}.operations",
+                f"must be a non-empty list drawn from {sorted(arith.CHANGES)}", list(self.operations))
+
+    def spec(self) -> arith.ArithSpec:
+        return arith.ArithSpec(self.min_steps, self.max_steps, self.start_max, self.operand_max, self.value_max,
+                               self.multiplier_max, tuple(self.operations))
+
+
+@registry.datasets.register("arith", ArithDatasetConfig)
+def load_arith(config: ArithDatasetConfig) -> TaskData:
+    checker = NumericAnswerChecker()
+    if config.path:
+        return load_local_gsm8k_format(config, checker)
+    try:
+        splits = arith.generate_splits(config.spec(), {"train": config.train_size, "test": config.test_size},
+                                       config.seed)
+    except ValueError as error:
+        raise ConfigError(f"dataset: {error}") from None
+    fingerprint = {key: value for key, value in vars(config).items()}
+    fingerprint["generator_version"] = arith.GENERATOR_VERSION
+    data = {split: _rows_to_dataset(rows, config.prompt_template, checker, lambda i, s=split: f"arith {s} row {i}")
+            for split, rows in splits.items()}
+    return TaskData(data["train"], data["test"], checker, fingerprint)
+
+
+# ---------------------------------------------------------------------------- GSM8K
+@dataclass
+class GSM8KDatasetConfig(DatasetConfig):
+    name: str = "gsm8k"
+    hub_name: str = "openai/gsm8k"  # used when `path` is null (needs network or the HF cache)
+    hub_config: str = "main"
+    prompt_template: str = "Question: {question}\nAnswer:"
+
+
+@registry.datasets.register("gsm8k", GSM8KDatasetConfig)
+def load_gsm8k(config: GSM8KDatasetConfig) -> TaskData:
+    checker = NumericAnswerChecker()
+    if config.path:
+        return load_local_gsm8k_format(config, checker)
+    from datasets import load_dataset
+
+    try:
+        hub = load_dataset(config.hub_name, config.hub_config)
+    except Exception as error:  # offline, missing, renamed: all mean the same to the user
+        raise ConfigError(f"dataset.hub_name: could not load {config.hub_name!r} from the Hugging Face hub "
+                          f"({type(error).__name__}); offline? set dataset.path to a local copy") from None
+    data = {split: _rows_to_dataset(_limit(list(hub[split]), getattr(config, f"{split}_size")),
+                                    config.prompt_template, checker, lambda i, s=split: f"{config.hub_name} {s} row {i}")
+            for split in SPLITS}
+    return TaskData(data["train"], data["test"], checker,
+                    {"hub": config.hub_name, "config": config.hub_config, "train_size": config.train_size,
+                     "test_size": config.test_size, "prompt_template": config.prompt_template})

@@ -1,0 +1,185 @@
+"""Model plugins. Each turns its config node into a `ModelHandle`: where the weights are and how to load
+them. Algorithms load fresh copies from a handle and return a new handle for what they trained, so
+the evaluation code and the next stage never care where a model came from.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from framework import registry
+from framework.config import ModelConfig, require
+from framework.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Where and in what precision models run: derived once from `device` and `model.precision`."""
+
+    device: str  # "cpu" or "cuda[:N]"
+    precision: str  # "fp32" | "bf16" | "fp16"
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    def trainer_kwargs(self) -> dict:
+        """TrainingArguments precision flags. Always explicit: TRL's configs default to bf16=True,
+        which on a CPU without native bf16 runs ~20x slower than fp32 (measured on this project's CI)."""
+        return {"bf16": self.precision == "bf16", "fp16": self.precision == "fp16", "use_cpu": self.device == "cpu"}
+
+
+def resolve_runtime(device: str, precision: str) -> Runtime:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} was asked for but torch sees no CUDA device")
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and device == "cpu":
+        raise ConfigError(f"model.precision: {precision} training is not supported on CPU here; use fp32 or auto")
+    return Runtime(device, precision)
+
+
+@dataclass
+class ModelHandle:
+    path: str  # a local directory or a hub name
+    fingerprint: dict  # what determines these weights; part of every downstream stage key
+    load_kwargs: dict = field(default_factory=dict)  # extra from_pretrained arguments (gguf_file, revision, ...)
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.path, **self.load_kwargs)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+        return tokenizer
+
+    def load_model(self, runtime: Runtime):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=runtime.torch_dtype, **self.load_kwargs)
+        return model.to(runtime.device)
+
+
+# ---------------------------------------------------------------------------- tiny (embedded default)
+@dataclass
+class TinyModelConfig(ModelConfig):
+    name: str = "tiny"
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 256  # tokens; arith problems are ~30-70 tokens
+    init_seed: int = 0  # weight initialisation and pretraining order (independent of the run seed)
+    pretrain_steps: int = 150  # causal-LM steps on arith text before any method runs; 0 = random init
+    pretrain_examples: int = 4000  # distinct arith problems in the pretraining corpus
+    pretrain_batch_size: int = 32
+    pretrain_learning_rate: float = 1e-3
+
+    def checks(self, prefix: str) -> None:
+        super().checks(prefix)
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",
+                    "pretrain_batch_size"):
+            require(getattr(self, key) >= 1, f"{prefix}.{key}", "must be >= 1", getattr(self, key))
+        require(self.hidden_size % self.num_heads == 0, f"{prefix}.hidden_size",
+                "must be divisible by num_heads", (self.hidden_size, self.num_heads))
+        require(self.pretrain_steps >= 0, f"{prefix}.pretrain_steps", "must be >= 0", self.pretrain_steps)
+        require(self.pretrain_examples >= 1, f"{prefix}.pretrain_examples", "must be >= 1", self.pretrain_examples)
+        require(self.pretrain_learning_rate > 0, f"{prefix}.pretrain_learning_rate", "must be > 0",
+                self.pretrain_learning_rate)
+
+
+@registry.models.register("tiny", TinyModelConfig)
+def build_tiny(config: TinyModelConfig, stages, runtime: Runtime) -> ModelHandle:
+    from framework import tiny
+    from framework.data import arith
+
+    spec = {key: value for key, value in vars(config).items() if key != "precision"}
+    spec["tiny_version"] = tiny.TINY_VERSION
+    spec["generator_version"] = arith.GENERATOR_VERSION
+    with stages.open("base-tiny", spec) as stage:
+        if not stage.done:
+            log.info("building the tiny base model (once; cached in %s)", stage.dir)
+            tokenizer = tiny.build_tokenizer()
+            model = tiny.build_model(tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers,
+                                     num_heads=config.num_heads, intermediate_size=config.intermediate_size,
+                                     max_positions=config.max_positions, seed=config.init_seed)
+            # The pretraining corpus is its own split of the default generator, disjoint from any
+            # default train/test question by seed; it teaches the format and some arithmetic.
+            corpus = arith.generate_splits(tiny.PRETRAIN_SPEC, {"pretrain": config.pretrain_examples},
+                                           seed=10_000 + config.init_seed)["pretrain"]
+            texts = [f"{row['question']}\n{row['answer']}{tokenizer.eos_token}" for row in corpus]
+            tiny.pretrain(model.to(runtime.device), tokenizer, texts, output_dir=str(stage.checkpoints),
+                          max_steps=config.pretrain_steps, batch_size=config.pretrain_batch_size,
+                          learning_rate=config.pretrain_learning_rate, seed=config.init_seed,
+                          trainer_kwargs=runtime.trainer_kwargs())
+            output = stage.new_output_dir()
+            model.save_pretrained(output)
+            tokenizer.save_pretrained(output)
+            stage.commit({"parameters": sum(p.numel() for p in model.parameters())})
+    return ModelHandle(str(stage.output), {"base": "tiny", "stage": stage.key})
+
+
+# ---------------------------------------------------------------------------- hub name or local path
+@dataclass
+class HFModelConfig(ModelConfig):
+    name: str = "hf"
+    name_or_path: str = MISSING  # hub name (needs network or the HF cache) or local directory;
+    #                              "pkg:<python package>" means that installed package's directory
+    revision: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside name_or_path, dequantised on load by transformers
+    trust_remote_code: bool = False  # never on by default: it runs code from the model repository
+
+    def checks(self, prefix: str) -> None:
+        super().checks(prefix)
+        require(bool(self.name_or_path.strip()), f"{prefix}.name_or_path", "must not be empty", self.name_or_path)
+
+
+def _resolve_location(name_or_path: str) -> str:
+    if name_or_path.startswith("pkg:"):
+        package = name_or_path[4:]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"model.name_or_path: package {package!r} is not installed "
+                              f"(see the README's optional extras)")
+        return list(spec.submodule_search_locations)[0]
+    return os.path.expanduser(name_or_path)
+
+
+@registry.models.register("hf", HFModelConfig)
+def build_hf(config: HFModelConfig, stages, runtime: Runtime) -> ModelHandle:
+    from transformers import AutoConfig
+
+    location = _resolve_location(config.name_or_path)
+    load_kwargs: dict[str, Any] = {"trust_remote_code": config.trust_remote_code}
+    if config.revision:
+        load_kwargs["revision"] = config.revision
+    if config.gguf_file:
+        load_kwargs["gguf_file"] = config.gguf_file
+    is_local = Path(location).is_dir()
+    if not is_local and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ConfigError(f"model.name_or_path: {config.name_or_path!r} is not a local directory and HF_HUB_OFFLINE "
+                          "is set, so it cannot be fetched from the hub; give a local path")
+    try:  # resolve the config now so a wrong name fails before any data is built or trained
+        AutoConfig.from_pretrained(location, **load_kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "local directory" if is_local else "hub name (offline, misspelt or gated?)"
+        raise ConfigError(f"model.name_or_path: cannot load {config.name_or_path!r} as a {where}: {first_line}") from None
+    fingerprint = {"base": "hf", "name_or_path": config.name_or_path, "revision": config.revision,
+                   "gguf_file": config.gguf_file}
+    return ModelHandle(location, fingerprint, load_kwargs)

@@ -1,0 +1,81 @@
+"""Name -> plugin tables for algorithms, datasets, decoders and models.
+
+A plugin module registers itself at import time with a decorator that also stores its config schema
+in Hydra's ConfigStore. `load_plugins()` imports the built-in modules and every module advertised by
+an installed package under the entry-point group `framework.plugins`, so `algorithm=<name>` works for
+an external method without touching this repository. Nothing is ever instantiated from a `_target_`
+string in a config file: plugins are code the user installed, looked up by name.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import Callable, Generic, TypeVar
+
+from framework.config import register_schema
+from framework.errors import ConfigError
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "framework.plugins"
+BUILTIN_MODULES = (
+    "framework.models",
+    "framework.data.loaders",
+    "framework.decoding",
+    "framework.algorithms.none",
+    "framework.algorithms.sft",
+)
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, group: str):
+        self.kind, self.group = kind, group
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, schema: type, *, as_option: bool = False) -> Callable[[T], T]:
+        """Decorator: register `obj` under `name` with its config schema. Duplicate names are refused."""
+
+        def decorate(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name]!r}")
+            register_schema(self.group, name, schema, as_option=as_option)
+            self._entries[name] = obj
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise ConfigError(f"{self.group}.name: no {self.kind} named {name!r}; registered: {self.names()}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+
+algorithms: Registry = Registry("algorithm", "algorithm")
+datasets: Registry = Registry("dataset loader", "dataset")
+decoders: Registry = Registry("decoder", "decoder")
+models: Registry = Registry("model builder", "model")
+
+_LOADED = False
+
+
+def load_plugins() -> None:
+    """Import built-in plugins, then external ones from installed packages' entry points."""
+    global _LOADED
+    if _LOADED:
+        return
+    from framework.config import register_base_schemas
+
+    register_base_schemas()
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as error:  # a broken third-party plugin must not take the framework down
+            log.warning("could not load plugin %s (%s): %s", entry_point.name, entry_point.value, error)
+    _LOADED = True

@@ -1,0 +1,75 @@
+import re
+
+from framework.data import arith
+from framework.data.answers import extract_strict
+from framework.data.loaders import ArithDatasetConfig, load_arith
+from framework.tiny import build_tokenizer
+
+SPEC = ArithDatasetConfig().spec()
+
+
+def _check_answer(row):
+    """Every line is a correct equation chaining from the last one; the final line is '#### value'."""
+    *steps, final = row["answer"].split("\n")
+    value = None
+    for line in steps:
+        left, operator, right, _, result = line.split(" ")
+        left, right, result = int(left), int(right), int(result)
+        assert value is None or left == value
+        assert result == {"+": left + right, "-": left - right, "*": left * right}[operator]
+        assert 0 <= result <= SPEC.value_max
+        value = result
+    assert final == f"#### {value}" and extract_strict(row["answer"]) == str(value)
+    return len(steps)
+
+
+def test_generator_is_deterministic_and_well_formed():
+    first = arith.generate_splits(SPEC, {"train": 200, "test": 50}, seed=3)
+    assert first == arith.generate_splits(SPEC, {"train": 200, "test": 50}, seed=3)
+    assert first != arith.generate_splits(SPEC, {"train": 200, "test": 50}, seed=4)
+    step_counts = {_check_answer(row) for rows in first.values() for row in rows}
+    assert step_counts == {2, 3, 4}
+    for row in first["train"]:
+        assert re.fullmatch(r"[A-Z][a-z]+ has \d+ [a-z]+\. .*How many [a-z]+ does [A-Z][a-z]+ have now\?", row["question"])
+
+
+def test_splits_never_share_a_question():
+    splits = arith.generate_splits(SPEC, {"train": 1000, "test": 200}, seed=0)
+    assert not {r["question"] for r in splits["train"]} & {r["question"] for r in splits["test"]}
+
+
+def test_keys_shape_the_problems():
+    spec = ArithDatasetConfig(min_steps=1, max_steps=1, operations=["mul"], start_max=5).spec()
+    rows = arith.generate_splits(spec, {"train": 20}, seed=0)["train"]
+    assert all(row["answer"].count("\n") == 1 and " * " in row["answer"] for row in rows)
+
+
+def test_impossible_sizes_fail_clearly():
+    import pytest
+
+    from framework.errors import ConfigError
+
+    config = ArithDatasetConfig(min_steps=1, max_steps=1, start_max=1, operand_max=1, operations=["add"],
+                                train_size=280, test_size=20)  # only 12 names x 8 items x 3 verbs = 288 exist
+    with pytest.raises(ConfigError, match="could only generate"):
+        load_arith(config)
+
+
+def test_loader_columns_and_gold_answers():
+    data = load_arith(ArithDatasetConfig(train_size=10, test_size=5))
+    assert data.train.column_names == ["question", "prompt", "completion", "gold_answer"]
+    row = data.test[0]
+    assert row["prompt"] == row["question"] + "\n"
+    assert row["gold_answer"] == row["completion"].rsplit("#### ", 1)[1]
+
+
+def test_tokenizer_round_trips_generated_text_without_unknowns():
+    tokenizer = build_tokenizer()
+    for row in arith.generate_splits(SPEC, {"train": 100}, seed=1)["train"]:
+        text = row["question"] + "\n" + row["answer"]
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == text
+    # a prompt tokenised alone is a prefix of prompt + completion (TRL's completion mask relies on it)
+    prompt, completion = "Ann has 3 pens.\n", "3 + 4 = 7\n#### 7"
+    assert tokenizer(prompt + completion)["input_ids"][: len(tokenizer(prompt)["input_ids"])] == tokenizer(prompt)["input_ids"]

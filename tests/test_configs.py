@@ -1,0 +1,81 @@
+"""Every config option and sweep file composes and validates; bad values fail with the key's name."""
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from framework.__main__ import CONF_DIR
+from framework.config import to_validated
+from framework.errors import ConfigError
+
+GROUPS = ("model", "dataset", "algorithm", "decoder", "logger")
+REQUIRED = {"model/hf": ["model.name_or_path=/some/local/dir"]}
+
+
+def options(group):
+    return sorted(path.stem for path in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group_option", [f"{g}/{o}" for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_validates(compose_cfg, group_option):
+    group, option = group_option.split("/")
+    cfg = compose_cfg([f"{group}={option}", *REQUIRED.get(group_option, [])])
+    run = to_validated(cfg)
+    assert getattr(run, group).name in (option, "hf")  # presets of `hf` keep its name
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_with_its_sweep(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    to_validated(cfg)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    # each swept value must itself compose
+    if params:
+        for key, values in params.items():
+            for value in str(values).split(","):
+                to_validated(compose_cfg([f"experiment={experiment}", f"{key}={value.strip()}"]))
+
+
+def test_sweep_files_compose(compose_cfg):
+    sweep_dir = Path(CONF_DIR).parent / "sweeps"
+    for file in sorted(sweep_dir.glob("*.yaml")):
+        spec = OmegaConf.load(file)
+        for override_set in spec.get("jobs", []):
+            to_validated(compose_cfg(list(override_set)))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["decoder=beam", "decoder.num_beams=0"], "decoder.num_beams"),
+    (["decoder=sample", "decoder.temperature=-1"], "decoder.temperature"),
+    (["decoder=sample", "decoder.temperature=0"], "decoder.temperature"),
+    (["decoder=sample", "decoder.samples_per_prompt=0"], "decoder.samples_per_prompt"),
+    (["decoder=sample", "decoder.top_p=1.5"], "decoder.top_p"),
+    (["decoder.max_new_tokens=0"], "decoder.max_new_tokens"),
+    (["algorithm.learning_rate=-1"], "algorithm.learning_rate"),
+    (["algorithm.per_device_train_batch_size=0"], "algorithm.per_device_train_batch_size"),
+    (["dataset.min_steps=5", "dataset.max_steps=2"], "dataset.min_steps"),
+    (["dataset.operations=[add,pow]"], "dataset.operations"),
+    (["dataset.value_max=5000"], "dataset.value_max"),
+    (["dataset.prompt_template=no placeholder"], "dataset.prompt_template"),
+    (["model.hidden_size=30", "model.num_heads=4"], "model.hidden_size"),
+    (["model.precision=fp8"], "model.precision"),
+    (["logger.mode=sometimes"], "logger.mode"),
+    (["device=tpu"], "device"),
+    (["model=hf"], "name_or_path"),
+])
+def test_impossible_values_raise_config_error_naming_the_key(compose_cfg, overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_validated(compose_cfg(overrides))
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["algorithm=nope"], "algorithm/nope"),
+    (["decoder=beam", "decoder.num_beams=abc"], "num_beams"),
+    (["decoder.temperature=0.5"], "temperature"),  # greedy has no temperature
+    (["algorithm.learning_rat=0.1"], "learning_rat"),
+])
+def test_unknown_options_keys_and_wrong_types_fail_at_compose_time(compose_cfg, overrides, fragment):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_cfg(overrides)
+    assert fragment in str(error.value) + str(error.value.__cause__)

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+
+from framework.decoding import Candidate, Decoded
+from framework.data.answers import NumericAnswerChecker
+from framework.evaluation import mean_interval, pass_at_k, pass_k_values, score, wilson_interval
+
+
+def test_wilson_interval_hand_computed():
+    # p = 0.5, n = 100, z = 1.96: centre 0.5, half = 1.96*sqrt(0.0025 + 0.000096)/1.0384 = 0.0962
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_mean_interval_uses_normal_approximation_for_fractional_scores():
+    mean, low, high = mean_interval([0.5, 1.0, 0.0, 0.5])
+    sd = math.sqrt(((0) ** 2 + 0.5 ** 2 + 0.5 ** 2 + 0) / 3)
+    assert mean == 0.5 and high - mean == pytest.approx(1.959964 * sd / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("n, c, k, expected", [
+    (4, 1, 1, 0.25), (4, 1, 2, 0.5), (4, 2, 2, 1 - 1 / 6), (4, 0, 4, 0.0), (4, 4, 1, 1.0), (5, 3, 3, 1.0),
+    (10, 3, 5, 1 - math.comb(7, 5) / math.comb(10, 5)),
+])
+def test_pass_at_k_matches_the_combinatorial_formula(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_rejects_k_above_n():
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_pass_k_values():
+    assert pass_k_values(1) == [1] and pass_k_values(4) == [1, 2, 4] and pass_k_values(6) == [1, 2, 4, 6]
+
+
+def _candidate(text, logprob=-1.0, tokens=3):
+    return Candidate(text=text, num_tokens=tokens, logprob=logprob, finished=True, token_ids=[0] * tokens)
+
+
+def test_score_single_answer_decoder():
+    problems = [{"question": "q1", "gold_answer": "5"}, {"question": "q2", "gold_answer": "7"}]
+    decoded = [Decoded([_candidate("#### 5", -2.0, 4)], [0]), Decoded([_candidate("it is 7", -4.0, 2)], [0])]
+    metrics, records = score(problems, decoded, NumericAnswerChecker())
+    assert metrics["accuracy"] == 0.5 and metrics["accuracy_flexible"] == 1.0
+    assert metrics["mean_tokens"] == 3.0 and metrics["mean_logprob"] == -3.0
+    assert "pass@1" not in metrics
+    assert [r["correct"] for r in records] == [True, False]
+    assert records[1]["extracted"] is None and records[1]["gold"] == "7"
+
+
+def test_score_samples_counts_every_sample_and_reports_pass_at_k():
+    problems = [{"question": "q", "gold_answer": "1"}]
+    decoded = [Decoded([_candidate("#### 1"), _candidate("#### 2"), _candidate("#### 3"), _candidate("#### 1")],
+                       [0, 1, 2, 3])]
+    metrics, _ = score(problems, decoded, NumericAnswerChecker())
+    assert metrics["accuracy"] == 0.5
+    assert metrics["pass@1"] == pytest.approx(0.5)
+    assert metrics["pass@2"] == pytest.approx(1 - 1 / 6)
+    assert metrics["pass@4"] == 1.0
