@@ -3,7 +3,8 @@
   (a) SFT training tokens/s: `algorithm=sft` (stage store, checkpoints, completion-only loss)
       against a plain TRL SFTTrainer script;
   (b) evaluation generation tokens/s: the greedy decoder (batches, sorted prompts, log-probs from
-      the logits) against one batched `model.generate` call on the same prompts.
+      the logits) against one batched `model.generate` call on the same prompts;
+  (c) SOC training tokens/s against SFT, both through the framework on the same steps and batches.
 
     python benchmarks/throughput.py [--sft-steps 100] [--test-size 200] [--json out.json]
 
@@ -83,26 +84,34 @@ def main() -> None:
     # that would otherwise land on whichever contender runs first.
     plain_trl(10, gradient_checkpointing=False)
 
-    config = SFTAlgorithmConfig(max_steps=args.sft_steps, per_device_train_batch_size=args.batch_size,
-                                logging_steps=args.sft_steps)
-    context = AlgorithmContext(config=config, base=base, data=data, stages=stages, runtime=runtime, seed=0,
-                               report_to="none", output_dir=work)
-    captured = {}
     from framework.algorithms import sft as sft_module
+    from framework.algorithms import soc as soc_module
+    from framework.algorithms.soc import SOCConfig
 
-    original = sft_module.make_sft_trainer
+    def framework_training(module, config_class, **config_overrides):
+        captured: dict = {}
+        original = module.make_sft_trainer
 
-    def capture(*a, **k):
-        captured["trainer"] = original(*a, **k)
-        return captured["trainer"]
+        def capture(*a, **k):
+            captured["trainer"] = original(*a, **k)
+            return captured["trainer"]
 
-    sft_module.make_sft_trainer = capture
-    set_seed(0)
-    started = time.perf_counter()
-    sft_module.run(context)
-    framework_seconds = time.perf_counter() - started
-    sft_module.make_sft_trainer = original
-    framework_tokens = _tokens_of(captured["trainer"])
+        module.make_sft_trainer = capture
+        try:
+            config = config_class(max_steps=args.sft_steps, per_device_train_batch_size=args.batch_size,
+                                  logging_steps=args.sft_steps, **config_overrides)
+            context = AlgorithmContext(config=config, base=base, data=data, stages=stages, runtime=runtime,
+                                       seed=0, report_to="none", output_dir=work)
+            set_seed(0)
+            started = time.perf_counter()
+            module.run(context)
+            return time.perf_counter() - started, _tokens_of(captured["trainer"])
+        finally:
+            module.make_sft_trainer = original
+
+    framework_seconds, framework_tokens = framework_training(sft_module, SFTAlgorithmConfig)
+    # The same without intermediate checkpoints: what resumability (save_steps=50) costs.
+    no_checkpoint_seconds, _ = framework_training(sft_module, SFTAlgorithmConfig, save_steps=10 * args.sft_steps)
 
     # "matched": TRL's gradient checkpointing off, as the framework runs the tiny model; "TRL defaults":
     # what a script that only sets precision gets (checkpointing on: same maths, more compute).
@@ -114,11 +123,19 @@ def main() -> None:
         "plain_trl_defaults_tokens_per_s": default_tokens / default_seconds,
         "framework_seconds": framework_seconds, "plain_trl_seconds": matched_seconds,
         "plain_trl_defaults_seconds": default_seconds, "tokens": framework_tokens,
+        "framework_no_checkpoints_tokens_per_s": framework_tokens / no_checkpoint_seconds,
         "same_tokens": framework_tokens == matched_tokens == default_tokens,
     }
     figures["sft"]["ratio"] = figures["sft"]["framework_tokens_per_s"] / figures["sft"]["plain_trl_tokens_per_s"]
     figures["sft"]["ratio_vs_trl_defaults"] = (figures["sft"]["framework_tokens_per_s"]
                                                / figures["sft"]["plain_trl_defaults_tokens_per_s"])
+
+    # (c) SOC vs SFT: same rows, seed, steps; only the loss differs --------------------------------
+    soc_seconds, soc_tokens = framework_training(soc_module, SOCConfig)
+    sft_seconds, sft_tokens = framework_training(sft_module, SFTAlgorithmConfig)
+    figures["soc"] = {"soc_tokens_per_s": soc_tokens / soc_seconds, "sft_tokens_per_s": sft_tokens / sft_seconds,
+                      "soc_seconds": soc_seconds, "sft_seconds": sft_seconds, "same_tokens": soc_tokens == sft_tokens}
+    figures["soc"]["ratio"] = figures["soc"]["soc_tokens_per_s"] / figures["soc"]["sft_tokens_per_s"]
 
     # (b) generation ----------------------------------------------------------------------------
     model, tokenizer = base.load_model(runtime).eval(), base.load_tokenizer()
@@ -164,6 +181,8 @@ def main() -> None:
     sft, generation = figures["sft"], figures["generation"]
     print(f"\nSFT training, {args.sft_steps} steps x batch {args.batch_size} on {runtime.device}:")
     print(f"  framework            {sft['framework_tokens_per_s']:8.0f} tokens/s  ({sft['framework_seconds']:.1f} s)")
+    print(f"  framework, no ckpts  {sft['framework_no_checkpoints_tokens_per_s']:8.0f} tokens/s  "
+          f"(checkpoints every 50 steps cost {100 * (1 - sft['framework_tokens_per_s'] / sft['framework_no_checkpoints_tokens_per_s']):.1f}%)")
     print(f"  plain TRL, matched   {sft['plain_trl_tokens_per_s']:8.0f} tokens/s  ({sft['plain_trl_seconds']:.1f} s)")
     print(f"  plain TRL, defaults  {sft['plain_trl_defaults_tokens_per_s']:8.0f} tokens/s  "
           f"({sft['plain_trl_defaults_seconds']:.1f} s)")
@@ -175,6 +194,11 @@ def main() -> None:
     print(f"  one generate call {generation['plain_generate_tokens_per_s']:8.0f} tokens/s  "
           f"({generation['plain_generate_seconds']:.2f} s)")
     print(f"  ratio      {generation['ratio']:.3f}")
+    soc = figures["soc"]
+    print(f"SOC vs SFT training through the framework, {args.sft_steps} steps:")
+    print(f"  SOC        {soc['soc_tokens_per_s']:8.0f} tokens/s  ({soc['soc_seconds']:.1f} s)")
+    print(f"  SFT        {soc['sft_tokens_per_s']:8.0f} tokens/s  ({soc['sft_seconds']:.1f} s)")
+    print(f"  ratio      {soc['ratio']:.3f}   (same tokens: {soc['same_tokens']})")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

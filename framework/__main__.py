@@ -74,6 +74,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
 
     from framework import evaluation
     from framework.algorithms import AlgorithmContext
+    from framework.decoding import teacher_forced_logprobs
     from framework.models import resolve_runtime
     from framework.stages import StageStore
 
@@ -81,8 +82,9 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     settings = to_validated(cfg)  # ConfigError on any bad value, before anything is built
     runtime = resolve_runtime(settings.device, settings.model.precision)
     algorithm = registry.algorithms.get(settings.algorithm.name)
-    decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed)
     data = registry.datasets.get(settings.dataset.name)(settings.dataset)  # ConfigError on a bad file or row
+    decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed,
+                                                           answer_extractor=data.checker.extract)
     build_model = registry.models.get(settings.model.name)
     stages = StageStore(settings.stages.cache_dir, reuse=settings.stages.reuse)
     base = build_model(settings.model, stages, runtime)  # ConfigError if it cannot load; tiny: built once
@@ -105,14 +107,24 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         decoded_at = time.time()
         model, tokenizer = policy.load_model(runtime), policy.load_tokenizer()
         decoded = decoder.decode(model, tokenizer, list(data.test["prompt"]))
-        metrics, records = evaluation.score(data.test, decoded, data.checker)
+        # decoders that pick among samples (bon) add their accuracy curve and their greedy baseline
+        metrics, records = evaluation.score(data.test, decoded, data.checker,
+                                            selector_curve=getattr(decoder, "accuracy_curve", None))
+        if (reference_metrics := getattr(decoder, "reference_metrics", None)) is not None:
+            metrics.update(reference_metrics(data.test, data.checker, metrics))
         metrics["decode_seconds"] = time.time() - decoded_at
+        if settings.evaluation.diagnostics:
+            gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(data.test["prompt"]),
+                                                    list(data.test["completion"]),
+                                                    settings.evaluation.sequences_per_forward)
+            metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
         metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
 
         evaluation.write_jsonl(output_dir / "generations.jsonl", records)
         results = {
             "algorithm": settings.algorithm.name, "decoder": settings.decoder.name,
-            "decoder_label": _describe_decoder(settings.decoder), "dataset": settings.dataset.name,
+            "decoder_label": _describe_decoder(settings.decoder), "decoder_config": vars(settings.decoder),
+            "dataset": settings.dataset.name,
             "model": settings.model.name, "seed": settings.seed, "metrics": metrics,
             "train_seconds": train_seconds, "wall_seconds": time.time() - started,
             "policy": policy.fingerprint, "overrides": overrides or [], "versions": _versions(),

@@ -152,6 +152,18 @@ class StagesConfig(Validated):
 
 
 @dataclass
+class EvaluationConfig(Validated):
+    """What evaluation measures beyond accuracy."""
+
+    diagnostics: bool = True  # over-optimism: gold-demonstration log-probs (one forward pass per test problem)
+    sequences_per_forward: int = 32  # batch of the gold-demonstration scoring pass
+
+    def checks(self, prefix: str) -> None:
+        require(self.sequences_per_forward >= 1, f"{prefix}.sequences_per_forward", "must be >= 1",
+                self.sequences_per_forward)
+
+
+@dataclass
 class RunConfig(Validated):
     model: Any = MISSING
     dataset: Any = MISSING
@@ -159,6 +171,7 @@ class RunConfig(Validated):
     decoder: Any = MISSING
     logger: Any = MISSING
     stages: StagesConfig = field(default_factory=StagesConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0  # seeds training, sampling and data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     run_name: str | None = None  # W&B run name; default: "<algorithm>-<decoder>-seed<seed>"
@@ -170,6 +183,7 @@ class RunConfig(Validated):
         for group in GROUP_BASES:
             getattr(self, group).validate(group)
         self.stages.validate("stages")
+        self.evaluation.validate("evaluation")
 
 
 GROUP_BASES = {

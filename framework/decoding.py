@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -124,8 +125,12 @@ class Decoder:
 
     config: DecoderConfig
 
-    def __init__(self, config: DecoderConfig, seed: int = 0):
+    def __init__(self, config: DecoderConfig, seed: int = 0,
+                 answer_extractor: Callable[[str], str | None] | None = None):
         self.config, self.seed = config, seed
+        # text -> normalised final answer (the dataset checker's `extract`), for decoders that choose by
+        # answer, e.g. majority vote; None where the caller has no checker
+        self.answer_extractor = answer_extractor
 
     def generation_kwargs(self) -> dict:
         raise NotImplementedError

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 from framework.decoding import Decoded
 
@@ -60,18 +61,24 @@ def pass_k_values(num_samples: int) -> list[int]:
     return values if num_samples in values else values + [num_samples]
 
 
-def score(problems, decoded: list[Decoded], checker) -> tuple[dict, list[dict]]:
-    """Metrics and one record per candidate. `problems` has question/prompt/gold_answer columns."""
+def score(problems, decoded: list[Decoded], checker,
+          selector_curve: Callable[[list[Decoded], list[list[bool]]], dict] | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and one record per candidate. `problems` has question/prompt/gold_answer columns.
+
+    `selector_curve(decoded, correct)`, given each problem's per-candidate correctness, returns extra
+    metrics of a decoder that picks among samples (BoN's accuracy against the number of samples).
+    """
     per_problem, per_problem_flexible, records = [], [], []
     chosen_lengths, chosen_logprobs, truncated = [], [], 0
     samples_per_problem = {len(d.candidates) for d in decoded}
-    correct_counts = []
+    correct_counts, correct_by_problem = [], []
     for index, (problem, result) in enumerate(zip(problems, decoded)):
         verdicts = [checker.check(candidate.text, problem["gold_answer"]) for candidate in result.candidates]
         chosen = set(result.chosen)
         per_problem.append(sum(verdicts[i].correct for i in chosen) / len(chosen))
         per_problem_flexible.append(sum(verdicts[i].correct_flexible for i in chosen) / len(chosen))
         correct_counts.append(sum(v.correct for v in verdicts))
+        correct_by_problem.append([v.correct for v in verdicts])
         for i in chosen:
             chosen_lengths.append(result.candidates[i].num_tokens)
             chosen_logprobs.append(result.candidates[i].logprob)
@@ -95,6 +102,8 @@ def score(problems, decoded: list[Decoded], checker) -> tuple[dict, list[dict]]:
     if len(samples_per_problem) == 1 and (num_samples := samples_per_problem.pop()) > 1:
         for k in pass_k_values(num_samples):
             metrics[f"pass@{k}"] = sum(pass_at_k(num_samples, c, k) for c in correct_counts) / len(correct_counts)
+    if selector_curve is not None:
+        metrics.update(selector_curve(decoded, correct_by_problem))
     return metrics, records
 
 

@@ -22,8 +22,10 @@ BUILTIN_MODULES = (
     "framework.models",
     "framework.data.loaders",
     "framework.decoding",
+    "framework.bon",
     "framework.algorithms.none",
     "framework.algorithms.sft",
+    "framework.algorithms.soc",
 )
 
 T = TypeVar("T")

@@ -76,6 +76,65 @@ def write(sweep_dir: Path) -> str:
     return text
 
 
+def _per_problem_correctness(job_dir: Path) -> dict[int, float]:
+    """Problem index -> share of the job's chosen outputs that were correct."""
+    totals: dict[int, list[int]] = {}
+    with (Path(job_dir) / "generations.jsonl").open() as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record["chosen"]:
+                totals.setdefault(record["problem"], []).append(int(record["correct"]))
+    return {problem: sum(values) / len(values) for problem, values in totals.items()}
+
+
+def width_table(results: list[dict]) -> str:
+    """Accuracy by beam width per method (SOC paper's view), pooled over seeds.
+
+    The interval is over problems, each scored by its mean correctness over seeds (normal
+    approximation when seeds disagree on a problem, Wilson otherwise). Beam regret is the accuracy
+    at width k minus the accuracy at width 1 (greedy), in points. Over-optimism: the share of
+    outputs that are wrong yet more likely under the model than the gold demonstration.
+    """
+    from framework.evaluation import mean_interval
+
+    beam_runs = [r for r in results if r["decoder"] == "beam" and "decoder_config" in r]
+    widths = sorted({r["decoder_config"]["num_beams"] for r in beam_runs})
+    methods = sorted({r["algorithm"] for r in beam_runs})
+    if not beam_runs:
+        return "No beam-search runs in this directory."
+    cells, regret, optimism, seeds = {}, {}, {}, {}
+    for method in methods:
+        for width in widths:
+            runs = [r for r in beam_runs if r["algorithm"] == method and r["decoder_config"]["num_beams"] == width]
+            if not runs:
+                continue
+            per_seed = [_per_problem_correctness(Path(r["job_dir"])) for r in runs]
+            problems = sorted(set.intersection(*(set(p) for p in per_seed)))
+            pooled = [sum(p[i] for p in per_seed) / len(per_seed) for i in problems]
+            cells[method, width] = mean_interval(pooled)
+            seeds[method, width] = len(runs)
+            rates = [r["metrics"].get("over_optimism_rate") for r in runs]
+            optimism[method, width] = sum(rates) / len(rates) if None not in rates else None
+        for width in widths:
+            if (method, width) in cells and (method, widths[0]) in cells:
+                regret[method, width] = 100 * (cells[method, width][0] - cells[method, widths[0]][0])
+    header = "| method | " + " | ".join(f"width {w}" for w in widths) + " |"
+    rule = "|---|" + "---|" * len(widths)
+    lines = ["Accuracy (%) by beam width, mean [95% CI] over seeds and problems", "", header, rule]
+    for method in methods:
+        row = [f"{100 * cells[method, w][0]:.1f} [{100 * cells[method, w][1]:.1f}, {100 * cells[method, w][2]:.1f}]"
+               if (method, w) in cells else "" for w in widths]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    lines += ["", f"Beam regret (points vs width {widths[0]}) and over-optimism rate (%)", "", header, rule]
+    for method in methods:
+        row = [f"{regret[method, w]:+.1f} / {100 * optimism[method, w]:.1f}"
+               if (method, w) in regret and optimism.get((method, w)) is not None else "" for w in widths]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    counts = sorted(set(seeds.values()))
+    lines.append(f"\nSeeds per cell: {', '.join(map(str, counts))}.")
+    return "\n".join(lines)
+
+
 class ComparisonTableCallback(Callback):
     """Hydra callback: print and save the comparison table when a multirun ends."""
 
@@ -88,11 +147,16 @@ class ComparisonTableCallback(Callback):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or any directory of job outputs)")
+    parser.add_argument("--by-width", action="store_true", help="accuracy by beam width per method (SOC sweep)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
     print(write(args.sweep_dir))
+    if args.by_width:
+        table = width_table(collect(args.sweep_dir)[0])
+        (args.sweep_dir / "accuracy_by_width.md").write_text(table + "\n")
+        print("\n" + table)
     return 0
 
 

@@ -18,6 +18,7 @@ from framework import registry  # noqa: E402
 from framework.__main__ import CONF_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+registry.load_plugins()  # before collection, so parametrised tests see every registered algorithm
 
 # Small enough that a whole run (pretrain, train, decode) takes seconds on 2 CPU cores.
 FAST = [

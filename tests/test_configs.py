@@ -25,24 +25,27 @@ def test_every_option_composes_and_validates(compose_cfg, group_option):
     assert getattr(run, group).name in (option, "hf")  # presets of `hf` keep its name
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_composes_with_its_sweep(compose_cfg, experiment):
-    cfg = compose_cfg([f"experiment={experiment}"])
-    to_validated(cfg)
-    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
-    # each swept value must itself compose
-    if params:
-        for key, values in params.items():
-            for value in str(values).split(","):
-                to_validated(compose_cfg([f"experiment={experiment}", f"{key}={value.strip()}"]))
+SWEEPS = sorted(path.stem for path in (Path(CONF_DIR).parent / "sweeps").glob("*.yaml"))
 
 
-def test_sweep_files_compose(compose_cfg):
-    sweep_dir = Path(CONF_DIR).parent / "sweeps"
-    for file in sorted(sweep_dir.glob("*.yaml")):
-        spec = OmegaConf.load(file)
-        for override_set in spec.get("jobs", []):
-            to_validated(compose_cfg(list(override_set)))
+def test_there_are_sweep_files():
+    assert {"compare", "soc_beam_widths"} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_file_composes_with_every_swept_value(compose_cfg, sweep):
+    """Each job of the sweep's grid composes and validates (one value of each key at a time)."""
+    to_validated(compose_cfg([f"sweeps={sweep}"]))
+    params = _sweep_params(sweep)
+    assert params, f"sweeps/{sweep}.yaml sets no hydra.sweeper.params"
+    for key, values in params.items():
+        for value in str(values).split(","):
+            to_validated(compose_cfg([f"sweeps={sweep}", f"{key}={value.strip()}"]))
+
+
+def _sweep_params(sweep):
+    spec = OmegaConf.load(Path(CONF_DIR).parent / "sweeps" / f"{sweep}.yaml")
+    return OmegaConf.select(spec, "hydra.sweeper.params", default={})
 
 
 @pytest.mark.parametrize("overrides, key", [

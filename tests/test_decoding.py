@@ -82,3 +82,14 @@ def test_beam_width_one_equals_greedy(model_and_tokenizer):
 def test_valid_token_mask_keeps_the_first_eos():
     generated = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [5, 6, 7, 8, 9]])
     assert valid_token_mask(generated, [2]).int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_teacher_forced_logprobs_batched_with_padding(model_and_tokenizer):
+    from framework.decoding import teacher_forced_logprobs
+
+    model, tokenizer = model_and_tokenizer
+    completions = ["3 + 4 = 7\n#### 7", "12 - 2 = 10\n10 - 5 = 5\n#### 5", "#### 7"]
+    scored = teacher_forced_logprobs(model, tokenizer, PROMPTS, completions, sequences_per_batch=2)
+    for prompt, completion, value in zip(PROMPTS, completions, scored):
+        ids = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
+        assert value == pytest.approx(teacher_forced_logprob(model, tokenizer, prompt, ids), abs=1e-4)

@@ -62,3 +62,29 @@ def test_score_samples_counts_every_sample_and_reports_pass_at_k():
     assert metrics["pass@1"] == pytest.approx(0.5)
     assert metrics["pass@2"] == pytest.approx(1 - 1 / 6)
     assert metrics["pass@4"] == 1.0
+
+
+def test_auroc_hand_computed():
+    from framework.evaluation import auroc
+
+    # correct scores {3, 1}, wrong {2, 0}: pairs (3>2, 3>0, 1<2, 1>0) -> 3/4
+    assert auroc([3.0, 2.0, 1.0, 0.0], [True, False, True, False]) == 0.75
+    assert auroc([1.0, 1.0], [True, False]) == 0.5  # a tie counts half
+    assert auroc([1.0, 2.0], [True, True]) is None
+
+
+def test_optimism_diagnostics_hand_computed():
+    from framework.evaluation import optimism_diagnostics
+
+    records = [  # problem 0: wrong and above gold -> over-optimistic; problem 1: wrong, below gold; 2: right
+        {"problem": 0, "chosen": True, "correct": False, "logprob": -1.0},
+        {"problem": 1, "chosen": True, "correct": False, "logprob": -9.0},
+        {"problem": 2, "chosen": True, "correct": True, "logprob": -2.0},
+        {"problem": 2, "chosen": False, "correct": False, "logprob": 0.0},  # not chosen: ignored
+    ]
+    metrics = optimism_diagnostics(records, gold_logprobs=[-3.0, -4.0, -2.5])
+    assert metrics["over_optimism_rate"] == pytest.approx(1 / 3)
+    assert metrics["over_optimism_rate_among_wrong"] == pytest.approx(1 / 2)
+    assert metrics["gold_logprob_mean"] == pytest.approx(-9.5 / 3)
+    assert metrics["logprob_auroc"] == pytest.approx(0.5)  # right (-2) beats -9 but not -1
+    assert records[1]["gold_logprob"] == -4.0

@@ -8,15 +8,20 @@ from conftest import FAST, FAST_TRAINING
 from framework import registry
 from framework.__main__ import run
 
-DECODERS = {"greedy": [], "sample": ["decoder.samples_per_prompt=2"], "beam": ["decoder.num_beams=2"]}
+DECODERS = {"greedy": [], "sample": ["decoder.samples_per_prompt=2"], "beam": ["decoder.num_beams=2"],
+            "bon": ["decoder.samples_per_prompt=3", "decoder.curve_draws=5"]}
 
 
 def _overrides(algorithm):
     return [f"algorithm={algorithm}", *FAST, *(FAST_TRAINING if algorithm != "none" else [])]
 
 
+def test_every_builtin_algorithm_is_tested():
+    assert {"none", "sft", "soc"} <= set(registry.algorithms.names())
+
+
 @pytest.mark.parametrize("decoder", sorted(DECODERS))
-@pytest.mark.parametrize("algorithm", sorted(set(registry.algorithms.names()) | {"none", "sft"}))
+@pytest.mark.parametrize("algorithm", registry.algorithms.names())
 def test_algorithm_x_decoder_runs(compose_cfg, shared_cache, tmp_path, algorithm, decoder):
     cfg = compose_cfg([*_overrides(algorithm), f"decoder={decoder}", *DECODERS[decoder]], shared_cache)
     results = run(cfg, tmp_path)
@@ -25,12 +30,15 @@ def test_algorithm_x_decoder_runs(compose_cfg, shared_cache, tmp_path, algorithm
     assert metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"]
     assert json.loads((tmp_path / "results.json").read_text())["metrics"] == metrics
     records = [json.loads(line) for line in (tmp_path / "generations.jsonl").open()]
-    per_prompt = 2 if decoder == "sample" else 1
+    per_prompt = 1 if decoder == "beam" else results["decoder_config"].get("samples_per_prompt", 1)
     assert len(records) == 6 * per_prompt
     assert {"generation", "extracted", "gold", "correct", "logprob", "num_tokens"} <= set(records[0])
     assert (tmp_path / "config.yaml").is_file()
     if decoder == "sample":
         assert "pass@2" in metrics
+    if decoder == "bon":
+        assert metrics["bon_accuracy_by_n"]["3"] == metrics["accuracy"] and "pass@3" in metrics
+        assert "greedy_accuracy" in metrics and "lift_over_greedy" in metrics
 
 
 def test_identical_runs_give_identical_metrics(compose_cfg, tmp_path):

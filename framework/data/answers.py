@@ -64,6 +64,10 @@ class NumericAnswerChecker:
     def gold_from_solution(self, solution: str) -> str | None:
         return extract_strict(solution)
 
+    def extract(self, output: str) -> str | None:
+        """The normalised final answer that `check` compares (strict), e.g. for majority voting."""
+        return extract_strict(output)
+
     def check(self, output: str, gold: str) -> Verdict:
         strict = extract_strict(output)
         flexible = extract_flexible(output)
