@@ -38,6 +38,23 @@ def compose_config(overrides: list[str], cache_dir: Path | None = None):
         return compose(config_name="config", overrides=[*overrides, *extra])
 
 
+# Prompts in the embedded task's format, for decoding tests on a small random model.
+PROMPTS = ["Ann has 3 pens. Ann finds 4 more. How many pens does Ann have now?\n",
+           "Ben has 12 coins. Ben loses 2. Ben sells 5. How many coins does Ben have now?\n",
+           "Kim has 7 cards.\n"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    """A small random Llama with the embedded tokenizer: fast, and its outputs are arbitrary token runs."""
+    from framework import tiny
+
+    tokenizer = tiny.build_tokenizer()
+    model = tiny.build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                             max_positions=128, seed=0)
+    return model.eval(), tokenizer
+
+
 @pytest.fixture
 def compose_cfg():
     return compose_config

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from framework import tiny
+from conftest import PROMPTS
+
 from framework.bon import (BoNConfig, BoNDecoder, expected_accuracy_of_argmax, lift_over_greedy, select_length_norm,
                            select_logprob, select_majority, subsampled_accuracy)
 from framework.config import to_validated
@@ -179,18 +180,6 @@ def test_composed_bon_config_validates(compose_cfg):
 
 
 # ---------------------------------------------------------------------------- decoding on a tiny model
-PROMPTS = ["Ann has 3 pens. Ann finds 4 more. How many pens does Ann have now?\n",
-           "Ben has 12 coins. Ben loses 2. Ben sells 5. How many coins does Ben have now?\n",
-           "Kim has 7 cards.\n"]
-
-
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    tokenizer = tiny.build_tokenizer()
-    model = tiny.build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                             max_positions=128, seed=0)
-    return model.eval(), tokenizer
-
 
 def test_bon_decode_picks_the_highest_logprob_sample(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer

@@ -2,21 +2,12 @@
 import pytest
 import torch
 
-from framework import tiny
+from conftest import PROMPTS
 from framework.decoding import BeamConfig, BeamDecoder, GreedyConfig, GreedyDecoder, SampleConfig, SampleDecoder
 from framework.decoding import valid_token_mask
 
-PROMPTS = ["Ann has 3 pens. Ann finds 4 more. How many pens does Ann have now?\n",
-           "Ben has 12 coins. Ben loses 2. Ben sells 5. How many coins does Ben have now?\n",
-           "Kim has 7 cards.\n"]
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    tokenizer = tiny.build_tokenizer()
-    model = tiny.build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                             max_positions=128, seed=0)
-    return model.eval(), tokenizer
 
 
 def teacher_forced_logprob(model, tokenizer, prompt: str, completion_ids: list[int]) -> float:
