@@ -31,9 +31,18 @@ log = logging.getLogger("framework")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+# Keys a decoder's label always shows; any other key appears only when it differs from its default.
+LABEL_KEYS = {"sample": ("samples_per_prompt", "temperature"), "beam": ("num_beams",),
+              "bon": ("selector", "samples_per_prompt", "temperature")}
+
+
 def _describe_decoder(decoder) -> str:
+    """A short label for tables and run names: `bon(selector=logprob, samples_per_prompt=16, temperature=1.0)`."""
+    defaults = type(decoder)()
+    always = LABEL_KEYS.get(decoder.name, ())
     interesting = {key: value for key, value in vars(decoder).items()
-                   if key not in ("name", "max_new_tokens", "prompts_per_batch")}
+                   if key not in ("name", "max_new_tokens", "prompts_per_batch")
+                   and (key in always or value != getattr(defaults, key, None))}
     return decoder.name + (f"({', '.join(f'{k}={v}' for k, v in interesting.items())})" if interesting else "")
 
 
@@ -73,7 +82,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     from transformers import set_seed
 
     from framework import evaluation
-    from framework.algorithms import AlgorithmContext
+    from framework.algorithms import AlgorithmContext, starting_context
     from framework.decoding import teacher_forced_logprobs
     from framework.models import resolve_runtime
     from framework.stages import StageStore
@@ -101,7 +110,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
                                    seed=settings.seed, report_to=tracker.report_to, output_dir=output_dir,
                                    log=tracker.log)
         trained_at = time.time()
-        policy = algorithm(context)
+        policy = algorithm(starting_context(context, algorithm))
         train_seconds = time.time() - trained_at
 
         decoded_at = time.time()

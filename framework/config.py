@@ -73,6 +73,25 @@ class TrainingConfig(Validated):
         require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", "must be > 0", self.max_grad_norm)
 
 
+STARTING_POINTS = ("base", "sft")
+
+
+@dataclass
+class StartingPointConfig(Validated):
+    """For methods that improve an already-capable model (sharpening, Self-Explore).
+
+    `base`: the model as `model=` builds it (an instruct model, say). `sft`: that model after
+    `algorithm=sft` with its default keys, trained once and reused from the stage cache, so that the
+    `algorithm=sft` job of a sweep and every method starting from it share one SFT model.
+    """
+
+    starting_point: str = "sft"
+
+    def checks(self, prefix: str) -> None:
+        require(self.starting_point in STARTING_POINTS, f"{prefix}.starting_point",
+                f"must be one of {list(STARTING_POINTS)}", self.starting_point)
+
+
 # ---------------------------------------------------------------------------- group bases
 @dataclass
 class AlgorithmConfig(Validated):

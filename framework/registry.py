@@ -25,7 +25,10 @@ BUILTIN_MODULES = (
     "framework.bon",
     "framework.algorithms.none",
     "framework.algorithms.sft",
+    "framework.algorithms.bon_sft",
+    "framework.algorithms.dpo",
     "framework.algorithms.soc",
+    "framework.algorithms.xpo",
 )
 
 T = TypeVar("T")
@@ -36,13 +39,20 @@ class Registry(Generic[T]):
         self.kind, self.group = kind, group
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, schema: type, *, as_option: bool = False) -> Callable[[T], T]:
-        """Decorator: register `obj` under `name` with its config schema. Duplicate names are refused."""
+    def register(self, name: str, schema: type, *, as_option: bool = False,
+                 label_free: bool = False) -> Callable[[T], T]:
+        """Decorator: register `obj` under `name` with its config schema. Duplicate names are refused.
+
+        `label_free=True` (algorithms): the launcher hands the plugin data without gold answers or
+        demonstrations (only `question` and `prompt` columns), so it cannot use them by accident.
+        """
 
         def decorate(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name]!r}")
             register_schema(self.group, name, schema, as_option=as_option)
+            if label_free:
+                obj.label_free = True  # type: ignore[attr-defined]
             self._entries[name] = obj
             return obj
 

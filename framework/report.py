@@ -14,8 +14,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-COLUMNS = ("algorithm", "decoder", "seed", "accuracy", "95% CI", "flexible", "pass@k", "mean tokens",
-           "train s", "decode s")
+COLUMNS = ("algorithm", "decoder", "seed", "accuracy", "95% CI", "flexible", "pass@k", "lift vs greedy %",
+           "mean tokens", "train s", "decode s")
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -45,6 +45,7 @@ def table_rows(results: list[dict]) -> list[list[str]]:
             f"[{100 * metrics['accuracy_ci_low']:.1f}, {100 * metrics['accuracy_ci_high']:.1f}]",
             f"{100 * metrics['accuracy_flexible']:.1f}",
             f"{pass_keys[-1]}={100 * metrics[pass_keys[-1]]:.1f}" if pass_keys else "",
+            _signed(metrics.get("lift_over_greedy")),
             f"{metrics['mean_tokens']:.1f}", f"{record['train_seconds']:.0f}", f"{metrics['decode_seconds']:.1f}",
         ])
     return rows
@@ -135,6 +136,36 @@ def width_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.1f}"
+
+
+def bon_curve_table(results: list[dict]) -> str:
+    """Best-of-N accuracy against N' per (method, selector, seed), from each job's subsampled curve
+    (the sharpening paper's view): accuracy %, its lift over the same model's greedy accuracy, and
+    pass@N' (coverage: any of N' samples correct)."""
+    runs = [r for r in results if "bon_accuracy_by_n" in r["metrics"]]
+    if not runs:
+        return "No best-of-N runs in this directory."
+    sizes = sorted({int(n) for r in runs for n in r["metrics"]["bon_accuracy_by_n"]})
+    header = "| method | selector | seed | greedy | " + " | ".join(f"N={n}" for n in sizes) + " |"
+    rule = "|---|---|---|---|" + "---|" * len(sizes)
+    lines = ["Best-of-N accuracy % (lift over greedy %) by N", "", header, rule]
+    coverage = ["", "Coverage: pass@N %", "", header, rule]
+    for record in sorted(runs, key=lambda r: (r["algorithm"], r["decoder_config"].get("selector", ""), r["seed"])):
+        metrics = record["metrics"]
+        greedy = metrics.get("greedy_accuracy")
+        lifts = metrics.get("lift_over_greedy_by_n") or {}
+        prefix = (f"| {record['algorithm']} | {record['decoder_config'].get('selector', '')} | {record['seed']} | "
+                  f"{'' if greedy is None else f'{100 * greedy:.1f}'} | ")
+        cells = [f"{100 * metrics['bon_accuracy_by_n'][str(n)]:.1f} ({_signed(lifts.get(str(n)))})"
+                 if str(n) in metrics["bon_accuracy_by_n"] else "" for n in sizes]
+        lines.append(prefix + " | ".join(cells) + " |")
+        covered = [f"{100 * metrics[f'pass@{n}']:.1f}" if f"pass@{n}" in metrics else "" for n in sizes]
+        coverage.append(prefix + " | ".join(covered) + " |")
+    return "\n".join(lines + coverage)
+
+
 class ComparisonTableCallback(Callback):
     """Hydra callback: print and save the comparison table when a multirun ends."""
 
@@ -148,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or any directory of job outputs)")
     parser.add_argument("--by-width", action="store_true", help="accuracy by beam width per method (SOC sweep)")
+    parser.add_argument("--by-n", action="store_true", help="best-of-N accuracy, lift and pass@N by N (sharpening)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
@@ -156,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.by_width:
         table = width_table(collect(args.sweep_dir)[0])
         (args.sweep_dir / "accuracy_by_width.md").write_text(table + "\n")
+        print("\n" + table)
+    if args.by_n:
+        table = bon_curve_table(collect(args.sweep_dir)[0])
+        (args.sweep_dir / "bon_by_n.md").write_text(table + "\n")
         print("\n" + table)
     return 0
 

@@ -12,12 +12,24 @@ DECODERS = {"greedy": [], "sample": ["decoder.samples_per_prompt=2"], "beam": ["
             "bon": ["decoder.samples_per_prompt=3", "decoder.curve_draws=5"]}
 
 
+# Label-free methods start from the random base here (the SFT warm start has its own test) and sample
+# little; a random model rarely ends with EOS, so unfinished samples are kept.
+SAMPLING = ["algorithm.starting_point=base", "algorithm.samples_per_prompt=3", "algorithm.max_new_tokens=12",
+            "algorithm.require_finished=false"]
+ALGORITHM_OVERRIDES = {
+    "bon_sft": SAMPLING,
+    "dpo": SAMPLING,
+    "xpo": ["algorithm.starting_point=base", "algorithm.max_new_tokens=12"],
+}
+
+
 def _overrides(algorithm):
-    return [f"algorithm={algorithm}", *FAST, *(FAST_TRAINING if algorithm != "none" else [])]
+    return [f"algorithm={algorithm}", *FAST, *(FAST_TRAINING if algorithm != "none" else []),
+            *ALGORITHM_OVERRIDES.get(algorithm, [])]
 
 
 def test_every_builtin_algorithm_is_tested():
-    assert {"none", "sft", "soc"} <= set(registry.algorithms.names())
+    assert {"none", "sft", "soc", "bon_sft", "dpo"} <= set(registry.algorithms.names())
 
 
 @pytest.mark.parametrize("decoder", sorted(DECODERS))
@@ -79,3 +91,31 @@ def test_external_plugin_registers_through_an_entry_point(compose_cfg, shared_ca
     assert "toy" in registry.algorithms.names()
     results = run(compose_cfg([*_overrides("none"), "algorithm=toy", "algorithm.marker=42"], shared_cache), tmp_path)
     assert results["algorithm"] == "toy" and (tmp_path / "toy_marker.txt").read_text() == "42"
+
+
+def test_sft_starting_point_trains_the_sft_stage_once_and_shares_it(compose_cfg, tmp_path, monkeypatch):
+    """`starting_point: sft` runs algorithm=sft with its defaults: the very stage an `algorithm=sft` job uses."""
+    import functools
+
+    from framework.algorithms import sft
+
+    # the warm start's defaults shrunk to FAST_TRAINING's values, so the algorithm=sft job below matches them
+    fast_defaults = dict(item.split("=") for item in (o.removeprefix("algorithm.") for o in FAST_TRAINING))
+    monkeypatch.setattr(sft, "SFTAlgorithmConfig", functools.partial(
+        sft.SFTAlgorithmConfig, **{key: int(value) for key, value in fast_defaults.items()}))
+    cache = tmp_path / "cache"
+    sharpened = run(compose_cfg([*_overrides("bon_sft"), "algorithm.starting_point=sft"], cache), tmp_path / "a")
+    assert len(list((cache / "sft").glob("*/stage.json"))) == 1
+    samples = json.loads(next((cache / "samples").glob("*/stage.json")).read_text())
+    assert samples["spec"]["base"]["stage"] == "sft"  # sampled from the SFT model, not the random base
+    sft_job = run(compose_cfg(_overrides("sft"), cache), tmp_path / "b")
+    assert len(list((cache / "sft").glob("*/stage.json"))) == 1  # reused, not retrained
+    assert sft_job["policy"]["key"] == samples["spec"]["base"]["key"]
+    assert sharpened["policy"]["stage"] == "bon_sft"
+
+
+def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg):
+    from framework.algorithms.sft import SFTAlgorithmConfig
+    from framework.config import to_validated
+
+    assert to_validated(compose_cfg(["algorithm=sft"])).algorithm == SFTAlgorithmConfig()

@@ -44,3 +44,29 @@ def test_report_command_writes_tables(tmp_path, capsys):
 
 def test_report_command_rejects_a_missing_directory(tmp_path):
     assert main([str(tmp_path / "nope")]) == 2
+
+
+def _bon_job(root, name, selector, curve, greedy, passes):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    metrics = {"accuracy": curve["4"], "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0, "accuracy_flexible": 0.0,
+               "mean_tokens": 10.0, "decode_seconds": 1.0, "num_problems": 10, "bon_accuracy_by_n": curve,
+               "greedy_accuracy": greedy, "lift_over_greedy": 100 * (curve["4"] - greedy) / greedy,
+               "lift_over_greedy_by_n": {n: 100 * (a - greedy) / greedy for n, a in curve.items()},
+               **{f"pass@{n}": p for n, p in passes.items()}}
+    (job / "results.json").write_text(json.dumps({
+        "algorithm": "sft", "decoder": "bon", "decoder_label": f"bon({selector})",
+        "decoder_config": {"name": "bon", "selector": selector, "samples_per_prompt": 4}, "dataset": "arith",
+        "model": "tiny", "seed": 0, "metrics": metrics, "train_seconds": 0.0}))
+
+
+def test_bon_table_lists_accuracy_lift_and_coverage_by_n(tmp_path, capsys):
+    _bon_job(tmp_path, "a", "logprob", {"1": 0.4, "2": 0.45, "4": 0.5}, 0.5, {"1": 0.4, "2": 0.6, "4": 0.7})
+    _bon_job(tmp_path, "b", "majority", {"1": 0.4, "2": 0.4, "4": 0.6}, 0.5, {"1": 0.4, "2": 0.6, "4": 0.7})
+    assert main([str(tmp_path), "--by-n"]) == 0
+    table = (tmp_path / "bon_by_n.md").read_text()
+    # lift = 100 * (acc - greedy) / greedy: (0.4 - 0.5) / 0.5 = -20%, (0.6 - 0.5) / 0.5 = +20%
+    assert "| sft | logprob | 0 | 50.0 | 40.0 (-20.0) | 45.0 (-10.0) | 50.0 (+0.0) |" in table
+    assert "| sft | majority | 0 | 50.0 | 40.0 (-20.0) | 40.0 (-20.0) | 60.0 (+20.0) |" in table
+    assert "| sft | logprob | 0 | 50.0 | 40.0 | 60.0 | 70.0 |" in table  # coverage rows
+    assert "+20.0" in (tmp_path / "comparison.md").read_text()  # the lift column of the main table

@@ -7,7 +7,7 @@ global config, only its own node (`ctx.config`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,3 +33,19 @@ class AlgorithmContext:
         config = asdict(self.config) if is_dataclass(self.config) else dict(self.config)
         return {"algorithm": config, "base": self.base.fingerprint, "data": self.data.fingerprint,
                 "seed": self.seed, **extra}
+
+
+def starting_context(ctx: AlgorithmContext, algorithm: Callable) -> AlgorithmContext:
+    """The context an algorithm plugin runs with, the same way for every plugin.
+
+    - `starting_point: sft` in the plugin's config: `ctx.base` becomes the default SFT model (the
+      `algorithm=sft` stage, trained on the labelled split once and then reused).
+    - a plugin registered with `label_free=True` gets data without gold answers or demonstrations.
+    """
+    if getattr(ctx.config, "starting_point", "base") == "sft":
+        from framework.algorithms.sft import default_sft_model
+
+        ctx = replace(ctx, base=default_sft_model(ctx))
+    if getattr(algorithm, "label_free", False):
+        ctx = replace(ctx, data=ctx.data.without_labels())
+    return ctx

@@ -33,6 +33,14 @@ class TaskData:
     checker: NumericAnswerChecker
     fingerprint: dict = field(default_factory=dict)  # determines the rows; part of every stage key
 
+    UNLABELLED_COLUMNS = ("question", "prompt")
+
+    def without_labels(self) -> "TaskData":
+        """The same problems with gold answers and demonstrations removed, for label-free methods."""
+        keep = lambda split: split.select_columns([c for c in self.UNLABELLED_COLUMNS if c in split.column_names])
+        return TaskData(train=keep(self.train), test=keep(self.test), checker=self.checker,
+                        fingerprint=self.fingerprint)
+
 
 def _rows_to_dataset(rows: list[dict], template: str, checker, where: str) -> Dataset:
     records = []

@@ -1,0 +1,98 @@
+"""Best-of-N overhead, measured in one run on the same model, prompts and samples:
+
+  raw:  the same N samples per prompt from plain batched `model.generate(do_sample=True,
+        num_return_sequences=N)` calls, same batches, nothing else;
+  bon:  `decoder=bon` (log-probs recorded during generation, self-reward, selection), with its
+        greedy reference pass off, because that pass is a second decode on purpose, not overhead.
+
+The ratio bon / raw is the cost of self-reward and selection (the issue's bar: at most 1.2).
+
+    python benchmarks/bon_overhead.py [--samples 16] [--prompts 64] [--repeats 3] [--json out.json]
+
+The model is the embedded tiny base model (from the stage cache, built on first use).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=16, help="N, samples per prompt")
+    parser.add_argument("--prompts", type=int, default=64, help="test prompts")
+    parser.add_argument("--prompts-per-batch", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of each (median kept)")
+    parser.add_argument("--selectors", default="logprob,length_norm,majority")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import GenerationConfig
+
+    from framework import registry
+    from framework.bon import BoNConfig, BoNDecoder
+    from framework.data.loaders import ArithDatasetConfig
+    from framework.models import TinyModelConfig, resolve_runtime
+    from framework.stages import StageStore
+
+    registry.load_plugins()
+    runtime = resolve_runtime("auto", "auto")
+    stages = StageStore(os.environ.get("FRAMEWORK_CACHE_DIR", ".cache/framework"))
+    data = registry.datasets.get("arith")(ArithDatasetConfig(test_size=args.prompts))
+    base = registry.models.get("tiny")(TinyModelConfig(), stages, runtime)
+    model, tokenizer = base.load_model(runtime), base.load_tokenizer()
+    model.eval()
+    prompts = list(data.test["prompt"])
+
+    def raw_sampling() -> int:
+        """Plain transformers: the decoder's batches (longest prompts first), no log-probs kept."""
+        config = GenerationConfig(do_sample=True, num_return_sequences=args.samples, temperature=1.0, top_p=1.0,
+                                  top_k=0, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id)
+        order = sorted(prompts, key=len, reverse=True)
+        torch.manual_seed(0)
+        tokens = 0
+        with torch.no_grad():
+            for start in range(0, len(order), args.prompts_per_batch):
+                encoded = tokenizer(order[start : start + args.prompts_per_batch], return_tensors="pt",
+                                    padding=True, return_token_type_ids=False).to(model.device)
+                output = model.generate(**encoded, generation_config=config)
+                tokens += output[:, encoded["input_ids"].shape[1]:].numel()
+        return tokens
+
+    def bon(selector: str):
+        decoder = BoNDecoder(BoNConfig(samples_per_prompt=args.samples, selector=selector, greedy_reference=False,
+                                       max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch),
+                             seed=0, answer_extractor=data.checker.extract)
+        return lambda: decoder.decode(model, tokenizer, prompts, progress=False)
+
+    def timed(function) -> float:
+        function()  # warm-up: allocator, kernels
+        seconds = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            function()
+            seconds.append(time.perf_counter() - started)
+        return statistics.median(seconds)
+
+    figures = {"samples_per_prompt": args.samples, "prompts": len(prompts), "repeats": args.repeats,
+               "device": runtime.device, "threads": torch.get_num_threads(), "raw_seconds": timed(raw_sampling)}
+    for selector in args.selectors.split(","):
+        figures[f"bon_{selector}_seconds"] = timed(bon(selector))
+        figures[f"bon_{selector}_over_raw"] = figures[f"bon_{selector}_seconds"] / figures["raw_seconds"]
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`algorithm=bon_sft`: SFT-Sharpening (Huang et al. 2024, algorithms.md §3b), no labels.
+
+    for each training prompt x:
+        y_1..y_N ~ pi_base(. | x)                       (the shared, cached sampled set)
+        y* = the selector's pick among y_1..y_N          (argmax log pi_base(y|x) by default)
+    SFT pi_base on {(x, y*)}                             (TRL SFTTrainer, completion-only loss)
+
+The paper: N = 50, temperature 1, one round, LoRA, lr 3e-4 decayed linearly to 0, grad clip 0.1.
+Here the training keys are `algorithm=sft`'s, so BoN-SFT and SFT differ only in their targets.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+from framework import registry
+from framework.algorithms import AlgorithmContext
+from framework.algorithms.sft import make_sft_trainer
+from framework.algorithms.sharpening import SelfRewardSamplingConfig, best_index, sample_training_set
+from framework.algorithms.training import train_in_stage
+from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig
+from framework.errors import ConfigError
+from framework.models import ModelHandle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BoNSFTConfig(TrainingConfig, SelfRewardSamplingConfig, StartingPointConfig, AlgorithmConfig):
+    name: str = "bon_sft"
+
+    def checks(self, prefix: str) -> None:
+        TrainingConfig.checks(self, prefix)
+        SelfRewardSamplingConfig.checks(self, prefix)
+        StartingPointConfig.checks(self, prefix)
+
+
+def best_of_n_targets(ctx: AlgorithmContext, config: BoNSFTConfig) -> Dataset:
+    """(prompt, completion = the self-reward's pick) for every prompt with at least one usable sample."""
+    rows = []
+    for sampled in sample_training_set(ctx, config):
+        usable = sampled.usable(config.require_finished)
+        if usable.candidates:
+            best = usable.candidates[best_index(config.selector, usable.candidates, usable.answers)]
+            rows.append({"prompt": sampled.prompt, "completion": best.text})
+    if not rows:
+        raise ConfigError("algorithm=bon_sft: no training prompt has a finished sample; raise "
+                          "algorithm.max_new_tokens or set algorithm.require_finished=false")
+    ctx.log({"bon_sft/targets": len(rows)})
+    log.info("BoN-SFT on %d best-of-%d targets", len(rows), config.samples_per_prompt)
+    return Dataset.from_list(rows)
+
+
+@registry.algorithms.register("bon_sft", BoNSFTConfig, label_free=True)
+def run(ctx: AlgorithmContext) -> ModelHandle:
+    config: BoNSFTConfig = ctx.config
+    targets = best_of_n_targets(ctx, config)
+    return train_in_stage(ctx, "bon_sft", ctx.stage_spec(),
+                          lambda checkpoint_dir: make_sft_trainer(ctx, config, checkpoint_dir, train=targets))

@@ -1,0 +1,176 @@
+"""What the label-free sharpening methods share (Huang et al. 2024, algorithms.md §3).
+
+    for each training prompt x (no gold answer anywhere):
+        y_1..y_N ~ pi_base(. | x)                  one batched `generate`, temperature T
+        r_self(y_i) = log pi_base(y_i | x)         from the generation's own scores, no second pass
+    BoN-SFT: SFT on (x, the selector's pick among y_1..y_N)
+    DPO:     pairs (y+, y-) with r_self(y+) > r_self(y-), trained with DPO against pi_base
+
+The self-reward is the one the `bon` decoder uses (`selector`: logprob | length_norm | majority), so
+inference-time and trained sharpening rank samples identically. The sampled set is a stage of its
+own (`samples`): BoN-SFT and DPO with the same sampling keys and starting model read one file,
+`samples.jsonl`, which is also the artifact to inspect.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+
+from framework.algorithms import AlgorithmContext
+from framework.bon import SELECTOR_NAMES, select
+from framework.config import Validated, require
+from framework.decoding import Candidate, SampleConfig, SampleDecoder
+
+log = logging.getLogger(__name__)
+PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "random_pair")
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass
+class SelfRewardSamplingConfig(Validated):
+    """How the N responses per training prompt are drawn and scored (keys shared by bon_sft and dpo)."""
+
+    samples_per_prompt: int = 16  # N; the paper uses 50 (embedded default: 16, the bon decoder's)
+    temperature: float = 1.0  # the paper samples at 1.0; r_self stays at temperature 1 whatever this is
+    top_p: float = 1.0
+    selector: str = "logprob"  # self-reward: logprob | length_norm | majority (votes of the extracted answer)
+    max_new_tokens: int = 96
+    prompts_per_batch: int = 8  # x samples_per_prompt sequences per `generate` call
+    train_prompts: int | None = 512  # sample only the first K training prompts (null: all)
+    require_finished: bool = True  # drop samples cut off by max_new_tokens: training would add an EOS they never had
+
+    def checks(self, prefix: str) -> None:
+        require(self.samples_per_prompt >= 1, f"{prefix}.samples_per_prompt", "must be >= 1", self.samples_per_prompt)
+        require(self.selector in SELECTOR_NAMES, f"{prefix}.selector", f"must be one of {', '.join(SELECTOR_NAMES)}",
+                self.selector)
+        require(math.isfinite(self.temperature) and self.temperature > 0, f"{prefix}.temperature",
+                "must be > 0 (N samples at temperature 0 would all be the greedy answer)", self.temperature)
+        require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]", self.top_p)
+        require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
+        require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
+        require(self.train_prompts is None or self.train_prompts >= 1, f"{prefix}.train_prompts",
+                "must be >= 1 or null", self.train_prompts)
+
+    def sampling_keys(self) -> dict:
+        """The keys that determine the sampled set (not the training keys): its stage spec."""
+        return {item.name: getattr(self, item.name) for item in fields(SelfRewardSamplingConfig)}
+
+
+# ---------------------------------------------------------------------------- self-reward
+def self_rewards(selector: str, candidates: list[Candidate], answers: list[str | None]) -> list[float]:
+    """r_self of each candidate: its log-prob, its per-token log-prob, or (majority) the number of
+    candidates that share its extracted answer (0 for a candidate without an answer)."""
+    if selector == "logprob":
+        return [candidate.logprob for candidate in candidates]
+    if selector == "length_norm":
+        return [candidate.logprob / max(candidate.num_tokens, 1) for candidate in candidates]
+    if selector == "majority":
+        votes = Counter(answer for answer in answers if answer is not None)
+        return [float(votes[answer]) if answer is not None else 0.0 for answer in answers]
+    raise ValueError(f"unknown selector {selector!r}; expected one of {SELECTOR_NAMES}")
+
+
+def best_index(selector: str, candidates: list[Candidate], answers: list[str | None]) -> int:
+    """The `bon` decoder's pick: the same rule, ties included, as inference-time best-of-N."""
+    return select(selector, candidates, answers)
+
+
+def build_pairs(selector: str, candidates: list[Candidate], answers: list[str | None], strategy: str,
+                rng: random.Random) -> list[tuple[int, int]]:
+    """(chosen, rejected) index pairs among one prompt's candidates, chosen with strictly higher r_self.
+
+    best_vs_worst:  the selector's pick vs the lowest r_self (first among ties)       -> 0 or 1 pair
+    best_vs_random: the selector's pick vs a random candidate with strictly lower r_self -> 0 or 1 pair
+    random_pair:    two distinct random candidates, ordered by r_self (the paper's (y, y') ~ pi_base)
+    Prompts whose candidates all score the same give no pair: there is no preference to learn.
+    """
+    if len(candidates) < 2:
+        return []
+    rewards = self_rewards(selector, candidates, answers)
+    if strategy == "random_pair":
+        first, second = rng.sample(range(len(candidates)), 2)
+        if rewards[first] == rewards[second]:
+            return []
+        return [(first, second) if rewards[first] > rewards[second] else (second, first)]
+    best = best_index(selector, candidates, answers)
+    lower = [i for i in range(len(candidates)) if rewards[i] < rewards[best]]
+    if not lower:
+        return []
+    if strategy == "best_vs_worst":
+        return [(best, min(lower, key=lambda i: (rewards[i], i)))]
+    if strategy == "best_vs_random":
+        return [(best, rng.choice(lower))]
+    raise ValueError(f"unknown pair strategy {strategy!r}; expected one of {PAIR_STRATEGIES}")
+
+
+# ---------------------------------------------------------------------------- the sampled set
+@dataclass
+class SampledPrompt:
+    prompt: str
+    candidates: list[Candidate]
+    answers: list[str | None]  # the model's own extracted final answers (for majority), never gold ones
+
+    def to_record(self) -> dict:
+        return {"prompt": self.prompt, "answers": self.answers,
+                "candidates": [asdict(candidate) for candidate in self.candidates]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "SampledPrompt":
+        return cls(record["prompt"], [Candidate(**c) for c in record["candidates"]], record["answers"])
+
+    def usable(self, require_finished: bool) -> "SampledPrompt":
+        """Only the candidates that ended with EOS when `require_finished`."""
+        if not require_finished:
+            return self
+        keep = [i for i, candidate in enumerate(self.candidates) if candidate.finished]
+        return SampledPrompt(self.prompt, [self.candidates[i] for i in keep], [self.answers[i] for i in keep])
+
+
+def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig) -> list[SampledPrompt]:
+    """N self-scored samples per training prompt from `ctx.base`, computed once per (model, data, keys)."""
+    prompts = list(ctx.data.train["prompt"])
+    if config.train_prompts is not None:
+        prompts = prompts[: config.train_prompts]
+    spec = {"sampling": config.sampling_keys(), "base": ctx.base.fingerprint, "data": ctx.data.fingerprint,
+            "seed": ctx.seed, "prompts": len(prompts)}
+    with ctx.stages.open("samples", spec) as stage:
+        if stage.done:
+            log.info("reusing sampled set %s", stage.output / SAMPLES_FILE)
+        else:
+            log.info("sampling %d responses for each of %d training prompts", config.samples_per_prompt, len(prompts))
+            decoder = SampleDecoder(SampleConfig(
+                temperature=config.temperature, top_p=config.top_p, samples_per_prompt=config.samples_per_prompt,
+                max_new_tokens=config.max_new_tokens, prompts_per_batch=config.prompts_per_batch), seed=ctx.seed)
+            model, tokenizer = ctx.base.load_model(ctx.runtime), ctx.base.load_tokenizer()
+            decoded = decoder.decode(model, tokenizer, prompts)
+            del model
+            records = [SampledPrompt(prompt, result.candidates,
+                                     [ctx.data.checker.extract(c.text) for c in result.candidates]).to_record()
+                       for prompt, result in zip(prompts, decoded)]
+            output = stage.new_output_dir()
+            with (output / SAMPLES_FILE).open("w", encoding="utf-8") as handle:
+                for record in records:
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            stage.commit(sampled_set_summary([SampledPrompt.from_record(r) for r in records]))
+        with (stage.output / SAMPLES_FILE).open(encoding="utf-8") as handle:
+            sampled = [SampledPrompt.from_record(json.loads(line)) for line in handle]
+    ctx.log({f"samples/{key}": value for key, value in sampled_set_summary(sampled).items()})
+    return sampled
+
+
+def sampled_set_summary(sampled: list[SampledPrompt]) -> dict:
+    candidates = [c for prompt in sampled for c in prompt.candidates]
+    answers = [a for prompt in sampled for a in prompt.answers]
+    return {
+        "prompts": len(sampled),
+        "samples": len(candidates),
+        "finished_share": sum(c.finished for c in candidates) / max(len(candidates), 1),
+        "with_answer_share": sum(a is not None for a in answers) / max(len(answers), 1),
+        "mean_tokens": sum(c.num_tokens for c in candidates) / max(len(candidates), 1),
+        "distinct_answers_per_prompt": sum(len({a for a in p.answers if a is not None}) for p in sampled)
+        / max(len(sampled), 1),
+    }
