@@ -73,6 +73,28 @@ class TrainingConfig(Validated):
         require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", "must be > 0", self.max_grad_norm)
 
 
+@dataclass
+class TrainingSamplingConfig(Validated):
+    """Keys of a method that samples from its starting model on the training prompts before training
+    (bon_sft, dpo: N self-scored samples; rft, outcome_dpo, self_explore: K rationales)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    prompts_per_batch: int = 8  # x samples per prompt sequences per `generate` call
+    train_prompts: int | None = 512  # sample the first N training prompts only (null: all)
+    require_finished: bool = True  # drop samples cut off by max_new_tokens: training would add an EOS they never had
+
+    def checks(self, prefix: str) -> None:
+        require(math.isfinite(self.temperature) and self.temperature > 0, f"{prefix}.temperature",
+                "must be > 0 (several samples at temperature 0 would all be the greedy output)", self.temperature)
+        require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]", self.top_p)
+        require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
+        require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
+        require(self.train_prompts is None or self.train_prompts >= 1, f"{prefix}.train_prompts",
+                "must be >= 1 or null", self.train_prompts)
+
+
 STARTING_POINTS = ("base", "sft")
 
 

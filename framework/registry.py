@@ -29,6 +29,9 @@ BUILTIN_MODULES = (
     "framework.algorithms.dpo",
     "framework.algorithms.soc",
     "framework.algorithms.xpo",
+    "framework.algorithms.rft",
+    "framework.algorithms.outcome_dpo",
+    "framework.algorithms.self_explore",
 )
 
 T = TypeVar("T")

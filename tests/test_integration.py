@@ -20,6 +20,20 @@ ALGORITHM_OVERRIDES = {
     "bon_sft": SAMPLING,
     "dpo": SAMPLING,
     "xpo": ["algorithm.starting_point=base", "algorithm.max_new_tokens=12"],
+    # The random base gets no rationale right, so RFT has no target and Self-Explore / outcome DPO no pair:
+    # on_empty=skip_training runs sampling, exploration and pair building, then returns the start model
+    # (by default that is a ConfigError; tests/test_self_explore.py trains every stage on scripted samples).
+    "rft": ["algorithm.starting_point=base", "algorithm.rationales_per_question=2", "algorithm.max_new_tokens=12",
+            "algorithm.require_finished=false", "algorithm.on_empty=skip_training"],
+    "outcome_dpo": ["algorithm.starting_point=base", "algorithm.rationales_per_question=2",
+                    "algorithm.max_new_tokens=12", "algorithm.require_finished=false",
+                    "algorithm.on_empty=skip_training", "algorithm.rft.max_steps=2",
+                    "algorithm.rft.per_device_train_batch_size=8"],
+    "self_explore": ["algorithm.starting_point=base", "algorithm.rationales_per_question=2",
+                     "algorithm.max_new_tokens=12", "algorithm.require_finished=false",
+                     "algorithm.on_empty=skip_training", "algorithm.rft.max_steps=2",
+                     "algorithm.rft.per_device_train_batch_size=8", "algorithm.continuations_per_step=2",
+                     "algorithm.continuation_max_new_tokens=12"],
 }
 
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 
 from framework.algorithms import AlgorithmContext
 from framework.bon import SELECTOR_NAMES, select
-from framework.config import Validated, require
+from framework.config import TrainingSamplingConfig, require
 from framework.decoding import Candidate, SampleConfig, SampleDecoder
 
 log = logging.getLogger(__name__)
@@ -31,29 +30,18 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclass
-class SelfRewardSamplingConfig(Validated):
+class SelfRewardSamplingConfig(TrainingSamplingConfig):
     """How the N responses per training prompt are drawn and scored (keys shared by bon_sft and dpo)."""
 
     samples_per_prompt: int = 16  # N; the paper uses 50 (embedded default: 16, the bon decoder's)
     temperature: float = 1.0  # the paper samples at 1.0; r_self stays at temperature 1 whatever this is
-    top_p: float = 1.0
     selector: str = "logprob"  # self-reward: logprob | length_norm | majority (votes of the extracted answer)
-    max_new_tokens: int = 96
-    prompts_per_batch: int = 8  # x samples_per_prompt sequences per `generate` call
-    train_prompts: int | None = 512  # sample only the first K training prompts (null: all)
-    require_finished: bool = True  # drop samples cut off by max_new_tokens: training would add an EOS they never had
 
     def checks(self, prefix: str) -> None:
+        TrainingSamplingConfig.checks(self, prefix)
         require(self.samples_per_prompt >= 1, f"{prefix}.samples_per_prompt", "must be >= 1", self.samples_per_prompt)
         require(self.selector in SELECTOR_NAMES, f"{prefix}.selector", f"must be one of {', '.join(SELECTOR_NAMES)}",
                 self.selector)
-        require(math.isfinite(self.temperature) and self.temperature > 0, f"{prefix}.temperature",
-                "must be > 0 (N samples at temperature 0 would all be the greedy answer)", self.temperature)
-        require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]", self.top_p)
-        require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
-        require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
-        require(self.train_prompts is None or self.train_prompts >= 1, f"{prefix}.train_prompts",
-                "must be >= 1 or null", self.train_prompts)
 
     def sampling_keys(self) -> dict:
         """The keys that determine the sampled set (not the training keys): its stage spec."""

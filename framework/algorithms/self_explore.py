@@ -1,0 +1,447 @@
+"""`algorithm=self_explore`: Self-Explore (Hwang et al., Findings of EMNLP 2024; algorithms.md §4).
+Uses gold final answers (outcome supervision) to find, in each incorrect rationale, its first pit.
+
+    pi_sft                                   the starting model (`starting_point: sft`, the shared SFT stage)
+    y_1..y_K ~ pi_sft(. | x)                 the rationale set, K per training question     (stage `rationales`)
+    pi_0 = RFT(pi_sft) if use_rft else pi_sft   SFT on <= M distinct correct rationales      (stage `rft`)
+    for each incorrect rationale y = s_1 s_2 ... s_n   (steps from `step_splitter`):
+        for i = 1 .. min(n, max_explored_steps):
+            c_1..c_k ~ pi_0(. | x, s_1..s_i)            k = continuations_per_step
+            successes_i = #{j : x's gold answer is reached by s_1..s_i c_j}
+        first pit = the first i with successes_i = 0 (none: the rationale is dropped)  (stage `exploration`)
+    step-level pair per pit i:                                                         (stage `step_pairs`)
+        prompt   = x + s_1..s_{i-1}
+        rejected = s_i
+        chosen   = a correct continuation c_j sampled from (x, s_1..s_{i-1})   (i = 1: a correct y of x)
+    DPO (sigmoid, beta) from pi_0 against the frozen pi_0                               (stage `self_explore`)
+
+Exploration is batched: `rounds` (the default, as the authors' code does it) asks the explorer for the
+step-i prefixes of every rationale still without a pit in one decode call per i, so rollouts stop at
+the pit; `all_prefixes` asks for every prefix of every rationale in a single call (fewer, larger calls,
+more rollouts). The decode call batches `prefixes_per_batch` prefixes per `generate`.
+
+Step text is lossless: a splitter returns spans that concatenate back to the rationale, so every
+prompt above is exactly what the model wrote after x, and a continuation continues the model's own
+text. A finished incorrect rationale is its own (failed) continuation from s_1..s_n, so that last
+prefix counts 0 successes without sampling. TRL appends EOS to `rejected` (a lone step): the pair
+still contrasts the step against the correct continuation; the extra EOS is improbable under both the
+policy and the reference.
+
+Zero pairs (no incorrect rationale reaches a pit with a chosen side), like zero correct rationales for
+RFT, is a ConfigError naming what to raise. `on_empty: skip_training` (asked for explicitly, e.g. by the
+integration test's random model) instead returns the model training would have started from, with a
+warning and `<stage>/skipped_training: 1` logged, so no run pretends it trained.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+from framework import registry
+from framework.algorithms import AlgorithmContext
+from framework.algorithms.outcome_dpo import PreferenceTrainingConfig, train_dpo_on_pairs
+from framework.algorithms.rft import (OnEmptyConfig, RationaleSamplingConfig, RFTStageConfig, SampledQuestion,
+                                      distinct_correct, nothing_to_train, rft_model, sample_rationales,
+                                      stored_records)
+from framework.config import AlgorithmConfig, StartingPointConfig, Validated, require
+from framework.decoding import SampleConfig, SampleDecoder
+from framework.errors import ConfigError
+from framework.models import ModelHandle
+
+log = logging.getLogger(__name__)
+EXPLORATION_FILE = "exploration.jsonl"
+PAIRS_FILE = "pairs.jsonl"
+SCHEDULES = ("rounds", "all_prefixes")
+
+
+# ---------------------------------------------------------------------------- step splitters
+def _join_blank_pieces(pieces: list[str]) -> list[str]:
+    """Steps from consecutive pieces of a text: a whitespace-only piece joins the step before it (or,
+    at the start, the first step), so the steps stay non-blank and concatenate back to the text."""
+    steps: list[str] = []
+    leading = ""
+    for piece in pieces:
+        if piece.strip():
+            steps.append(leading + piece)
+            leading = ""
+        elif steps:
+            steps[-1] += piece
+        else:
+            leading += piece
+    return steps
+
+
+def split_lines(text: str) -> list[str]:
+    """GSM8K-style: one step per non-empty line, each keeping its line ending."""
+    return _join_blank_pieces(text.splitlines(keepends=True))
+
+
+_DISPLAY_OPENERS = (("\\[", "\\]"), ("$$", "$$"))
+_INLINE_OPENERS = (("\\(", "\\)"), ("$", "$"))
+_BEGIN = re.compile(r"\\begin\{([^}]*)\}")
+
+
+def split_sentences(text: str) -> list[str]:
+    """MATH-style: a step is a sentence or a displayed formula.
+
+    Cuts fall after a sentence end (. ! ? followed by whitespace) outside math, after a display
+    formula ($$..$$, \\[..\\], \\begin{..}..\\end{..}) that ends its line or is followed by a capital
+    letter, after a formula whose content ends a sentence ("$3.$ Then"), and at blank lines. Inline
+    math ($..$, \\(..\\)) never splits; `\\$` is a dollar sign. The whitespace after a cut belongs to
+    the step before it, so the steps concatenate back to `text`."""
+    cuts, index, length = [0], 0, len(text)
+    closing: str | None = None  # the delimiter that ends the math span we are in
+    display = False
+
+    def whitespace_end(position: int) -> int:
+        while position < length and text[position].isspace():
+            position += 1
+        return position
+
+    opened_at = 0  # where the current math span's content starts
+    while index < length:
+        if closing is not None:  # inside math: only look for its end
+            if text.startswith(closing, index):
+                content = text[opened_at:index].rstrip()
+                index += len(closing)
+                end = whitespace_end(index)
+                new_sentence = end < length and text[end].isupper()
+                ended_inside = content.endswith((".", "!", "?")) and end > index  # "... $3.$ Therefore"
+                if (display and ("\n" in text[index:end] or end == length or new_sentence)) or (
+                        ended_inside and new_sentence):
+                    cuts.append(end)
+                    index = end
+                closing, display = None, False
+            else:
+                index += 2 if text[index] == "\\" else 1
+            continue
+        begin = _BEGIN.match(text, index)
+        if begin:
+            closing, display = f"\\end{{{begin.group(1)}}}", True
+            index = opened_at = begin.end()
+            continue
+        opener = next(((o, c, True) for o, c in _DISPLAY_OPENERS if text.startswith(o, index)), None) or next(
+            ((o, c, False) for o, c in _INLINE_OPENERS if text.startswith(o, index)), None)
+        if opener:
+            closing, display = opener[1], opener[2]
+            index = opened_at = index + len(opener[0])
+            continue
+        if text[index] == "\\":  # an escaped character such as \$ or a command
+            index += 2
+            continue
+        if text[index] in ".!?" and index + 1 < length and text[index + 1].isspace():
+            end = whitespace_end(index + 1)
+            cuts.append(end)
+            index = end
+            continue
+        if text[index] == "\n":
+            end = whitespace_end(index)
+            if text.count("\n", index, end) >= 2:  # a blank line: paragraph break
+                cuts.append(end)
+            index = end
+            continue
+        index += 1
+    cuts.append(length)
+    return _join_blank_pieces([text[start:end] for start, end in zip(cuts, cuts[1:]) if end > start])
+
+
+SPLITTERS: dict[str, Callable[[str], list[str]]] = {"lines": split_lines, "sentences": split_sentences}
+
+
+def split_steps(splitter: str, text: str) -> list[str]:
+    """The configured splitter, held to its contract: non-blank steps that concatenate to `text`, and
+    at least one step for any non-blank text."""
+    if not text.strip():
+        return []  # an empty rationale has no step to blame; callers count it
+    steps = SPLITTERS[splitter](text)
+    if not steps:
+        raise ConfigError(f"algorithm.step_splitter={splitter} yields zero steps for a non-empty rationale "
+                          f"{text[:80]!r}; choose a splitter that fits the data (lines: GSM8K-style, "
+                          "sentences: MATH-style)")
+    if "".join(steps) != text or any(not step.strip() for step in steps):
+        raise ConfigError(f"algorithm.step_splitter={splitter} must return non-blank steps that concatenate "
+                          f"back to the rationale (got {steps[:3]!r} for {text[:80]!r})")
+    return steps
+
+
+# ---------------------------------------------------------------------------- first-pit exploration
+@dataclass
+class ExplorationTarget:
+    """One incorrect rationale to explore."""
+
+    question_index: int
+    rationale_index: int
+    prompt: str
+    gold: str
+    steps: list[str]
+    finished: bool
+
+
+@dataclass
+class ExplorationRecord:
+    question_index: int
+    rationale_index: int
+    prompt: str
+    steps: list[str]
+    success_counts: list[int | None]  # per step (1-based step i at index i-1); None: not explored
+    correct_continuations: list[str | None]  # per step: the first continuation that reached the gold answer
+    pit: int | None  # the first pit, 1-based; None: no pit within max_explored_steps (dropped)
+    rollouts: int  # continuations sampled for this rationale
+
+
+def first_pit(success_counts: list[int | None]) -> int | None:
+    """The first step (1-based) from which no continuation reached the gold answer; None if every
+    explored step had a success (or the step before an unexplored one did)."""
+    for position, successes in enumerate(success_counts, start=1):
+        if successes is None:
+            return None
+        if successes == 0:
+            return position
+    return None
+
+
+def sampled_step_limit(target: ExplorationTarget, max_explored_steps: int) -> int:
+    """How many prefixes are explored by sampling: a finished rationale's full text is already a
+    failed continuation, so its last step is not sampled."""
+    return min(len(target.steps) - (1 if target.finished else 0), max_explored_steps)
+
+
+def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Callable[[list[str]], list[list[str]]],
+                       is_correct: Callable[[str, str], bool], max_explored_steps: int,
+                       schedule: str = "rounds") -> list[ExplorationRecord]:
+    """Success counts per step prefix and the first pit of every target.
+
+    `continue_prefixes(prompts)` returns the sampled continuations of each prompt (question + steps);
+    it is called once per round (`rounds`: the step-i prefixes of all targets without a pit yet) or
+    once in all (`all_prefixes`). A continuation c of prefix s_1..s_i is a success when
+    `is_correct(s_1..s_i + c, gold)`."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown exploration schedule {schedule!r}; expected one of {SCHEDULES}")
+    counts = [[None] * len(t.steps) for t in targets]
+    continuations: list[list[str | None]] = [[None] * len(t.steps) for t in targets]
+    rollouts = [0] * len(targets)
+    limits = [sampled_step_limit(t, max_explored_steps) for t in targets]
+
+    def explore(prefixes: list[tuple[int, int]]) -> None:  # (target, number of steps in the prefix)
+        if not prefixes:
+            return
+        texts = ["".join(targets[t].steps[:steps]) for t, steps in prefixes]
+        sampled = continue_prefixes([targets[t].prompt + text for (t, _), text in zip(prefixes, texts)])
+        for (t, steps), text, outputs in zip(prefixes, texts, sampled):
+            successes = [c for c in outputs if is_correct(text + c, targets[t].gold)]
+            counts[t][steps - 1] = len(successes)
+            continuations[t][steps - 1] = successes[0] if successes else None
+            rollouts[t] += len(outputs)
+
+    if schedule == "all_prefixes":
+        explore([(t, steps) for t in range(len(targets)) for steps in range(1, limits[t] + 1)])
+    else:
+        active = set(range(len(targets)))
+        for steps in range(1, max(limits, default=0) + 1):
+            batch = [t for t in sorted(active) if steps <= limits[t]]
+            explore([(t, steps) for t in batch])
+            active -= {t for t in batch if counts[t][steps - 1] == 0}
+    records = []
+    for t, target in enumerate(targets):
+        last = len(target.steps)
+        if target.finished and last <= max_explored_steps and all(c for c in counts[t][: last - 1]):
+            counts[t][last - 1] = 0  # the rationale itself: a finished continuation that missed the gold answer
+        records.append(ExplorationRecord(target.question_index, target.rationale_index, target.prompt,
+                                         target.steps, counts[t], continuations[t], first_pit(counts[t]),
+                                         rollouts[t]))
+    return records
+
+
+def sampling_explorer(model, tokenizer, continuations_per_step: int, temperature: float, top_p: float,
+                      max_new_tokens: int, prefixes_per_batch: int,
+                      seed: int) -> Callable[[list[str]], list[list[str]]]:
+    """`continue_prefixes` backed by the batched sampling decoder (k samples per prefix)."""
+    decoder = SampleDecoder(SampleConfig(temperature=temperature, top_p=top_p,
+                                         samples_per_prompt=continuations_per_step, max_new_tokens=max_new_tokens,
+                                         prompts_per_batch=prefixes_per_batch), seed=seed)
+
+    def continue_prefixes(prompts: list[str]) -> list[list[str]]:
+        return [[c.text for c in result.candidates] for result in decoder.decode(model, tokenizer, prompts)]
+
+    return continue_prefixes
+
+
+# ---------------------------------------------------------------------------- step-level pairs
+def step_level_pairs(records: list[ExplorationRecord],
+                     correct_rationales: dict[int, list[str]]) -> tuple[list[dict], Counter]:
+    """One (prompt, chosen, rejected) per rationale with a pit, and why the others gave none.
+
+    Pit at step i > 1: prompt = question + s_1..s_{i-1}, rejected = s_i, chosen = the first correct
+    continuation sampled from that prompt. Pit at step 1: chosen = a correct full rationale of the
+    question (its distinct ones in turn); a question without one gives no pair."""
+    pairs, dropped, used = [], Counter(), Counter()
+    for record in records:
+        pit = record.pit
+        if pit is None:
+            dropped["no_pit"] += 1
+            continue
+        if pit == 1:
+            pool = correct_rationales.get(record.question_index, [])
+            if not pool:
+                dropped["pit_at_step_1_without_a_correct_rationale"] += 1
+                continue
+            chosen = pool[used[record.question_index] % len(pool)]
+            used[record.question_index] += 1
+        else:
+            chosen = record.correct_continuations[pit - 2]
+            assert chosen is not None, "a step before the first pit has a successful continuation"
+        pairs.append({"question_index": record.question_index, "rationale_index": record.rationale_index,
+                      "pit": pit, "prompt": record.prompt + "".join(record.steps[: pit - 1]),
+                      "chosen": chosen, "rejected": record.steps[pit - 1]})
+    return pairs, dropped
+
+
+def exploration_summary(records: list[ExplorationRecord], pairs: list[dict], dropped: Counter) -> dict:
+    pits = [r.pit for r in records if r.pit is not None]
+    summary = {
+        "rationales_explored": len(records),
+        "pits_found": len(pits),
+        "no_pit": dropped["no_pit"],
+        "pit_at_step_1_without_a_correct_rationale": dropped["pit_at_step_1_without_a_correct_rationale"],
+        "pairs": len(pairs),
+        "rollouts": sum(r.rollouts for r in records),
+        "mean_steps": sum(len(r.steps) for r in records) / max(len(records), 1),
+        "mean_pit_position": sum(pits) / max(len(pits), 1),
+    }
+    summary.update({f"pits_at_step_{position}": count for position, count in sorted(Counter(pits).items())})
+    return summary
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class ExplorationConfig(Validated):
+    step_splitter: str = "lines"  # lines (one step per non-empty line: GSM8K) | sentences (MATH)
+    continuations_per_step: int = 4  # k (paper: 4)
+    exploration_temperature: float = 0.7  # paper: 0.7
+    exploration_top_p: float = 1.0
+    max_explored_steps: int = 20  # step cap (paper: 20)
+    continuation_max_new_tokens: int = 96
+    prefixes_per_batch: int = 16  # x continuations_per_step sequences per `generate` call
+    exploration_schedule: str = "rounds"  # rounds (one decode call per step index) | all_prefixes (one call)
+
+    def checks(self, prefix: str) -> None:
+        require(self.step_splitter in SPLITTERS, f"{prefix}.step_splitter", f"must be one of {sorted(SPLITTERS)}",
+                self.step_splitter)
+        require(self.continuations_per_step >= 1, f"{prefix}.continuations_per_step", "must be >= 1",
+                self.continuations_per_step)
+        require(math.isfinite(self.exploration_temperature) and self.exploration_temperature > 0,
+                f"{prefix}.exploration_temperature", "must be > 0", self.exploration_temperature)
+        require(0 < self.exploration_top_p <= 1, f"{prefix}.exploration_top_p", "must be in (0, 1]",
+                self.exploration_top_p)
+        require(self.max_explored_steps >= 1, f"{prefix}.max_explored_steps", "must be >= 1", self.max_explored_steps)
+        require(self.continuation_max_new_tokens >= 1, f"{prefix}.continuation_max_new_tokens", "must be >= 1",
+                self.continuation_max_new_tokens)
+        require(self.prefixes_per_batch >= 1, f"{prefix}.prefixes_per_batch", "must be >= 1", self.prefixes_per_batch)
+        require(self.exploration_schedule in SCHEDULES, f"{prefix}.exploration_schedule",
+                f"must be one of {list(SCHEDULES)}", self.exploration_schedule)
+
+    def exploration_keys(self) -> dict:
+        return {item.name: getattr(self, item.name) for item in fields(ExplorationConfig)}
+
+
+@dataclass
+class SelfExploreConfig(PreferenceTrainingConfig, ExplorationConfig, RationaleSamplingConfig, OnEmptyConfig,
+                        StartingPointConfig, AlgorithmConfig):
+    name: str = "self_explore"
+    use_rft: bool = True  # explorer, DPO policy and reference = the RFT model (paper); false: the starting model
+    rft: RFTStageConfig = field(default_factory=RFTStageConfig)
+
+    def checks(self, prefix: str) -> None:
+        PreferenceTrainingConfig.checks(self, prefix)
+        ExplorationConfig.checks(self, prefix)
+        RationaleSamplingConfig.checks(self, prefix)
+        OnEmptyConfig.checks(self, prefix)
+        StartingPointConfig.checks(self, prefix)
+
+
+# ---------------------------------------------------------------------------- the pipeline
+def check_splitter_on_demonstrations(ctx: AlgorithmContext, config: SelfExploreConfig) -> None:
+    """Fail before any sampling or training when the splitter cannot split this dataset's solutions."""
+    if "completion" not in ctx.data.train.column_names:
+        return
+    count = len(ctx.data.train) if config.train_prompts is None else min(config.train_prompts, len(ctx.data.train))
+    for index, text in enumerate(ctx.data.train["completion"][:count]):
+        try:
+            split_steps(config.step_splitter, text)
+        except ConfigError as error:
+            raise ConfigError(f"training row {index}: {error}") from None
+
+
+def exploration_targets(questions: list[SampledQuestion],
+                        config: SelfExploreConfig) -> tuple[list[ExplorationTarget], int]:
+    """Every usable incorrect rationale with at least one step; and how many had none (empty output)."""
+    targets, without_steps = [], 0
+    for question in questions:
+        for index, rationale in enumerate(question.rationales):
+            if rationale.correct or (config.require_finished and not rationale.finished):
+                continue
+            steps = split_steps(config.step_splitter, rationale.text)
+            if not steps:
+                without_steps += 1
+                continue
+            targets.append(ExplorationTarget(question.question_index, index, question.prompt, question.gold, steps,
+                                             rationale.finished))
+    return targets, without_steps
+
+
+def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[SampledQuestion], rationales_key: str,
+            explorer: ModelHandle) -> tuple[list[ExplorationRecord], str]:
+    """The exploration record of every incorrect rationale (stage `exploration`)."""
+    spec = {"rationales": rationales_key, "explorer": explorer.fingerprint, "exploration": config.exploration_keys(),
+            "require_finished": config.require_finished, "seed": ctx.seed}
+
+    def compute():
+        targets, without_steps = exploration_targets(questions, config)
+        log.info("exploring %d incorrect rationales (k=%d, %s)", len(targets), config.continuations_per_step,
+                 config.exploration_schedule)
+        continue_prefixes = sampling_explorer(
+            explorer.load_model(ctx.runtime), explorer.load_tokenizer(), config.continuations_per_step,
+            config.exploration_temperature, config.exploration_top_p, config.continuation_max_new_tokens,
+            config.prefixes_per_batch, ctx.seed)
+        records = explore_first_pits(targets, continue_prefixes,
+                                     lambda text, gold: ctx.data.checker.check(text, gold).correct,
+                                     config.max_explored_steps, config.exploration_schedule)
+        return [asdict(r) for r in records], {"rationales_without_steps": without_steps,
+                                              "rollouts": sum(r.rollouts for r in records)}
+
+    records, key = stored_records(ctx, "exploration", spec, EXPLORATION_FILE, compute)
+    return [ExplorationRecord(**record) for record in records], key
+
+
+@registry.algorithms.register("self_explore", SelfExploreConfig)
+def run(ctx: AlgorithmContext) -> ModelHandle:
+    config: SelfExploreConfig = ctx.config
+    check_splitter_on_demonstrations(ctx, config)
+    questions, rationales_key = sample_rationales(ctx, config, "self_explore")
+    # the RFT model (policy, reference, explorer) or, without RFT, the starting model
+    explorer = (rft_model(ctx, questions, rationales_key, config, config.rft, "self_explore", config.on_empty)
+                if config.use_rft else ctx.base)
+    records, exploration_key = explore(ctx, config, questions, rationales_key, explorer)
+
+    correct = {q.question_index: distinct_correct(q.usable(config.require_finished)) for q in questions}
+    pairs, dropped = step_level_pairs(records, correct)
+    summary = exploration_summary(records, pairs, dropped)
+    pairs_spec = {"exploration": exploration_key, "rationales": rationales_key,
+                  "require_finished": config.require_finished}
+    pairs, pairs_key = stored_records(ctx, "step_pairs", pairs_spec, PAIRS_FILE, lambda: (pairs, summary))
+    ctx.log({f"self_explore/{name}": value for name, value in summary.items()})
+    log.info("self-explore: %d pits in %d incorrect rationales, %d pairs, %d rollouts", summary["pits_found"],
+             summary["rationales_explored"], summary["pairs"], summary["rollouts"])
+    if not pairs:
+        return nothing_to_train(
+            ctx, config.on_empty, "self_explore",
+            f"algorithm=self_explore: no step-level pair ({summary['rationales_explored']} incorrect rationales "
+            f"explored, {summary['pits_found']} pits, {summary['no_pit']} without a pit, "
+            f"{summary['pit_at_step_1_without_a_correct_rationale']} pits at step 1 with no correct rationale to "
+            "pair); raise rationales_per_question or train_prompts, or start from a stronger model "
+            "(starting_point=sft)", explorer)
+    return train_dpo_on_pairs(ctx, "self_explore", explorer, pairs, config, pairs_key)
