@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from framework import __version__, registry, tracking  # noqa: E402
+from framework import __version__, distributed, registry, tracking  # noqa: E402
 from framework.config import to_validated  # noqa: E402
 from framework.errors import ConfigError  # noqa: E402
 
@@ -41,7 +41,7 @@ def _describe_decoder(decoder) -> str:
     defaults = type(decoder)()
     always = LABEL_KEYS.get(decoder.name, ())
     interesting = {key: value for key, value in vars(decoder).items()
-                   if key not in ("name", "max_new_tokens", "prompts_per_batch")
+                   if key not in ("name", "max_new_tokens", "prompts_per_batch", "gpu_memory_utilization")
                    and (key in always or value != getattr(defaults, key, None))}
     return decoder.name + (f"({', '.join(f'{k}={v}' for k, v in interesting.items())})" if interesting else "")
 
@@ -59,7 +59,10 @@ def _versions() -> dict:
 def _hardware(runtime) -> dict:
     import torch
 
+    from framework import distributed
+
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "processes": distributed.world_size(),
             "device": runtime.device, "precision": runtime.precision}
     if runtime.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(runtime.device)
@@ -77,58 +80,121 @@ def _hydra_context() -> tuple[Path, str | None, list[str]]:
     return output_dir, group, list(hydra_config.overrides.task)
 
 
+def _check_training_data(settings, algorithm, data) -> None:
+    """Refuse, before anything is built, a training method on data it cannot train on."""
+    if not getattr(algorithm, "trains", True):
+        return
+    name = settings.algorithm.name
+    if len(data.train) == 0:
+        raise ConfigError(f"algorithm={name} trains, but dataset={settings.dataset.name} has no training split "
+                          "(an evaluation-only dataset); use algorithm=none or give the dataset a training file")
+    needs_demonstrations = (not getattr(algorithm, "label_free", False)
+                            or getattr(settings.algorithm, "starting_point", "base") == "sft")
+    missing = [column for column in ("completion", "gold_answer") if column not in data.train.column_names]
+    if needs_demonstrations and missing:
+        raise ConfigError(f"algorithm={name} needs worked solutions and gold answers in the training split, but "
+                          f"dataset={settings.dataset.name} has no {missing} there")
+
+
+def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, list[dict], bool]:
+    """Decode and score the test split: a stage keyed by the policy, the decoder, the data and the seed,
+    so a rerun of a job (or of a whole sweep) reuses its evaluation. Returns (metrics, records, reused)."""
+    from framework import distributed, evaluation
+    from framework.decoding import teacher_forced_logprobs
+
+    spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
+            "seed": settings.seed, "diagnostics": settings.evaluation.diagnostics}
+    with distributed.main_process_alone(), stages.open("evaluation", spec) as stage:
+        reused = stage.done
+        if not reused:
+            decoded_at = time.time()
+            model, tokenizer = policy.load_model(runtime), policy.load_tokenizer()
+            decoded = decoder.decode(model, tokenizer, list(data.test["prompt"]))
+            # decoders that pick among samples (bon) add their accuracy curve and their greedy baseline
+            metrics, records = evaluation.score(data.test, decoded, data.checker,
+                                                selector_curve=getattr(decoder, "accuracy_curve", None))
+            if (reference_metrics := getattr(decoder, "reference_metrics", None)) is not None:
+                metrics.update(reference_metrics(data.test, data.checker, metrics))
+            metrics["decode_seconds"] = time.time() - decoded_at
+            if settings.evaluation.diagnostics and "completion" in data.test.column_names:  # needs demonstrations
+                gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(data.test["prompt"]),
+                                                        list(data.test["completion"]),
+                                                        settings.evaluation.sequences_per_forward)
+                metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
+            metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
+            output = stage.new_output_dir()
+            evaluation.write_jsonl(output / "generations.jsonl", records)
+            (output / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, default=str))
+            stage.commit({"compute": {"generated_tokens": metrics["generated_tokens"]}})
+        metrics = json.loads((stage.output / "metrics.json").read_text())
+        with (stage.output / "generations.jsonl").open(encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle]
+    return metrics, records, reused
+
+
+# Stages every method's model rests on alike (the starting model) or that are not training (evaluation):
+# left out of a method's compute sums, still listed under compute.stages.
+SHARED_STAGE_KINDS = ("base-tiny", "base-gguf", "evaluation")
+
+
+def _compute_spent(ledger: list[dict]) -> dict:
+    """What the job's model cost, summed over every stage it rests on, whether computed now or reused."""
+    own = [entry for entry in ledger if entry["kind"] not in SHARED_STAGE_KINDS]
+    total = lambda key: sum(entry.get(key) or 0 for entry in own)
+    return {"train_tokens": total("train_tokens"), "train_seconds": total("train_seconds"),
+            "stage_seconds": total("seconds"), "sampling_generated_tokens": total("generated_tokens"),
+            "exploration_rollouts": total("rollouts"), "stages": ledger}
+
+
 def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: list[str] | None = None) -> dict:
     """One job. Returns the results record (also written to `output_dir/results.json`)."""
     from transformers import set_seed
 
     from framework import evaluation
     from framework.algorithms import AlgorithmContext, starting_context
-    from framework.decoding import teacher_forced_logprobs
     from framework.models import resolve_runtime
     from framework.stages import StageStore
 
     started = time.time()
     settings = to_validated(cfg)  # ConfigError on any bad value, before anything is built
+    distributed.check_device(settings.device)  # ConfigError: cuda:N would put every process on one GPU
     runtime = resolve_runtime(settings.device, settings.model.precision)
+    distributed.setup(cpu=runtime.device == "cpu")  # joins accelerate's/torchrun's process group; alone: nothing
+    output_dir = distributed.share_from_main(output_dir)  # processes may have resolved different timestamps
     algorithm = registry.algorithms.get(settings.algorithm.name)
     data = registry.datasets.get(settings.dataset.name)(settings.dataset)  # ConfigError on a bad file or row
+    _check_training_data(settings, algorithm, data)
     decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed,
                                                            answer_extractor=data.checker.extract)
     build_model = registry.models.get(settings.model.name)
     stages = StageStore(settings.stages.cache_dir, reuse=settings.stages.reuse)
     base = build_model(settings.model, stages, runtime)  # ConfigError if it cannot load; tiny: built once
+    data = data.render_prompts(base.load_tokenizer())  # prompt_format=chat needs the model's chat template
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    if distributed.is_main_process():  # the run's files and W&B run are the main process's (distributed.py)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     run_name = settings.run_name or f"{settings.algorithm.name}-{_describe_decoder(settings.decoder)}-seed{settings.seed}"
-    tracker = tracking.start(settings.logger, resolved, output_dir, run_name, group, job_type=settings.algorithm.name)
-    failed = True
+    # `method` / `decoder_label` survive W&B sweep agents, which overwrite `algorithm` with the swept option name
+    tracked = {**resolved, "method": settings.algorithm.name, "decoder_label": _describe_decoder(settings.decoder)}
+    tracker = tracking.start(settings.logger, tracked, output_dir, run_name, group, job_type=settings.algorithm.name)
+    failed, main_evaluates, results = True, False, None
     try:
         set_seed(settings.seed)
         context = AlgorithmContext(config=settings.algorithm, base=base, data=data, stages=stages, runtime=runtime,
                                    seed=settings.seed, report_to=tracker.report_to, output_dir=output_dir,
-                                   log=tracker.log)
+                                   log=tracker.log, model_config=settings.model)
         trained_at = time.time()
         policy = algorithm(starting_context(context, algorithm))
         train_seconds = time.time() - trained_at
+        if not distributed.is_main_process():  # the main process decodes and scores alone; wait for its results
+            results, failed = distributed.wait_for_main("decoding and scoring the test split"), False
+            return results
+        main_evaluates = True
 
-        decoded_at = time.time()
-        model, tokenizer = policy.load_model(runtime), policy.load_tokenizer()
-        decoded = decoder.decode(model, tokenizer, list(data.test["prompt"]))
-        # decoders that pick among samples (bon) add their accuracy curve and their greedy baseline
-        metrics, records = evaluation.score(data.test, decoded, data.checker,
-                                            selector_curve=getattr(decoder, "accuracy_curve", None))
-        if (reference_metrics := getattr(decoder, "reference_metrics", None)) is not None:
-            metrics.update(reference_metrics(data.test, data.checker, metrics))
-        metrics["decode_seconds"] = time.time() - decoded_at
-        if settings.evaluation.diagnostics:
-            gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(data.test["prompt"]),
-                                                    list(data.test["completion"]),
-                                                    settings.evaluation.sequences_per_forward)
-            metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
-        metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
-
+        metrics, records, evaluation_reused = _evaluate(settings, policy, data, decoder, stages, runtime)
+        compute = _compute_spent(stages.compute_ledger())
         evaluation.write_jsonl(output_dir / "generations.jsonl", records)
         results = {
             "algorithm": settings.algorithm.name, "decoder": settings.decoder.name,
@@ -136,16 +202,20 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
             "dataset": settings.dataset.name,
             "model": settings.model.name, "seed": settings.seed, "metrics": metrics,
             "train_seconds": train_seconds, "wall_seconds": time.time() - started,
+            "compute": compute, "evaluation_reused": evaluation_reused,
             "policy": policy.fingerprint, "overrides": overrides or [], "versions": _versions(),
             "hardware": _hardware(runtime), "wandb_run": tracker.run_path,
         }
         (output_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
         tracker.log(metrics, prefix="eval/")
         tracker.summary({f"eval/{key}": value for key, value in metrics.items()})
+        tracker.summary({f"compute/{key}": value for key, value in compute.items() if key != "stages"})
         tracker.log_table("eval/generations", records)
         failed = False
     finally:
         tracker.finish(failed=failed)
+        if main_evaluates:  # release the processes waiting above (no-op for a single process)
+            distributed.release_waiting(results, failed, "decoding and scoring the test split")
     print(f"{run_name} on {settings.dataset.name}: accuracy {metrics['accuracy']:.3f} "
           f"[{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}] "
           f"(n={metrics['num_problems']}), mean {metrics['mean_tokens']:.1f} tokens -> {output_dir}", flush=True)

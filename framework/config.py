@@ -54,7 +54,6 @@ class TrainingConfig(Validated):
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~10-30% slower
     max_length: int = 512  # tokens per training sequence; longer ones are truncated
     logging_steps: int = 25
     save_steps: int = 50  # checkpoint interval (optimizer steps); an interrupted run resumes from the last
@@ -102,12 +101,14 @@ STARTING_POINTS = ("base", "sft")
 class StartingPointConfig(Validated):
     """For methods that improve an already-capable model (sharpening, Self-Explore).
 
-    `base`: the model as `model=` builds it (an instruct model, say). `sft`: that model after
-    `algorithm=sft` with its default keys, trained once and reused from the stage cache, so that the
-    `algorithm=sft` job of a sweep and every method starting from it share one SFT model.
+    `base`: the model as `model=` builds it (an instruct model, say). `sft`: that model after SFT with
+    the training keys under `sft` (defaults: `algorithm=sft`'s), trained once and reused from the stage
+    cache, so that the `algorithm=sft` job of a sweep and every method starting from it share one SFT
+    model whenever their keys are equal (set `algorithm.sft.<key>` like `algorithm.<key>` of algorithm=sft).
     """
 
     starting_point: str = "sft"
+    sft: TrainingConfig = field(default_factory=TrainingConfig)  # the SFT stage's keys when starting_point=sft
 
     def checks(self, prefix: str) -> None:
         require(self.starting_point in STARTING_POINTS, f"{prefix}.starting_point",
@@ -147,14 +148,63 @@ class DatasetConfig(Validated):
                 "must contain the placeholder {question}", self.prompt_template)
 
 
+LORA_CHECKPOINTS = ("merged", "adapter")
+
+
+@dataclass
+class LoraSettings(Validated):
+    """LoRA (peft) for every training algorithm: the trainers get a `peft.LoraConfig` and train adapters only.
+
+    DPO-style methods then need no second model in memory: TRL scores the reference with the adapter
+    switched off. `checkpoint: merged` stores the stage as full weights (adapter folded in: later stages
+    and vLLM load it like any model); `adapter` stores only the adapter (megabytes), merged on load.
+    """
+
+    enabled: bool = False
+    rank: int = 16  # r: the adapter's inner dimension
+    alpha: float = 32.0  # scaling: the update is (alpha / rank) * B A
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft names; all-linear: every Linear but the LM head
+    checkpoint: str = "merged"  # merged | adapter
+
+    def checks(self, prefix: str) -> None:
+        require(self.rank >= 1, f"{prefix}.rank", "must be >= 1", self.rank)
+        require(math.isfinite(self.alpha) and self.alpha > 0, f"{prefix}.alpha", "must be > 0", self.alpha)
+        require(0 <= self.dropout < 1, f"{prefix}.dropout", "must be in [0, 1)", self.dropout)
+        require(bool(self.target_modules) and all(str(m).strip() for m in self.target_modules),
+                f"{prefix}.target_modules", "must be a non-empty list of module names", list(self.target_modules))
+        require(self.checkpoint in LORA_CHECKPOINTS, f"{prefix}.checkpoint", f"must be one of {list(LORA_CHECKPOINTS)}",
+                self.checkpoint)
+
+    def spec(self) -> dict | None:
+        """What LoRA changes about a trained stage's weights (None when off, so full-weight keys stay put)."""
+        if not self.enabled:
+            return None
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+                "target_modules": sorted(self.target_modules), "checkpoint": self.checkpoint}
+
+
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
 @dataclass
 class ModelConfig(Validated):
     name: str = MISSING  # registry key of the model builder
-    precision: str = "auto"  # auto (bf16 on a bf16-capable GPU, else fp32) | fp32 | bf16 | fp16
+    precision: str = "auto"  # the dtype: auto (bf16 on a bf16-capable GPU, else fp32) | fp32 | bf16 | fp16
+    attn_implementation: str | None = None  # null: transformers' default (sdpa) | eager | flash_attention_2 | ...
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~10-30% slower
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def checks(self, prefix: str) -> None:
         require(self.precision in ("auto", "fp32", "bf16", "fp16"), f"{prefix}.precision",
                 "must be one of auto, fp32, bf16, fp16", self.precision)
+        require(self.attn_implementation is None or self.attn_implementation in ATTENTION_IMPLEMENTATIONS,
+                f"{prefix}.attn_implementation", f"must be null or one of {list(ATTENTION_IMPLEMENTATIONS)}",
+                self.attn_implementation)
+
+    def load_options(self) -> dict:
+        """from_pretrained keyword arguments every model of this run is loaded with."""
+        return {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
 
 
 @dataclass
@@ -223,6 +273,11 @@ class RunConfig(Validated):
                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
         for group in GROUP_BASES:
             getattr(self, group).validate(group)
+        if getattr(self.decoder, "backend", "transformers") == "vllm":  # vLLM loads weights from a directory itself
+            require(not (self.model.lora.enabled and self.model.lora.checkpoint == "adapter"), "decoder.backend",
+                    "vllm needs full weights on disk; with LoRA set model.lora.checkpoint=merged", "vllm")
+            require(not getattr(self.model, "gguf_file", None) or getattr(self.model, "cache_dequantized", True),
+                    "decoder.backend", "vllm cannot read GGUF here; set model.cache_dequantized=true", "vllm")
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
 

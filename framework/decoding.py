@@ -10,6 +10,9 @@ Greedy/sampling: a logits processor placed before the temperature/top-p warpers 
 raw logits and keeps only the chosen token's log-prob, so memory stays O(rows x vocabulary) instead
 of `output_logits`' O(rows x steps x vocabulary). Beam search: transformers' beam score is
 sum log-prob / length**length_penalty, so the sum is recovered from `sequences_scores`.
+
+`backend=vllm` runs the same decoders on a vLLM engine instead (framework/vllm_backend.py; optional,
+GPU only); the default `transformers` path below is what every result so far was measured with.
 """
 from __future__ import annotations
 
@@ -45,13 +48,34 @@ class Decoded:
 
 
 # ---------------------------------------------------------------------------- configs
+BACKENDS = ("transformers", "vllm")
+
+
 @dataclass
-class GreedyConfig(DecoderConfig):
+class BackendConfig(DecoderConfig):
+    """Keys shared by the decoders built on a generation backend (greedy, sample, beam, bon)."""
+
+    backend: str = "transformers"  # transformers (`generate`, CPU or GPU) | vllm (optional extra, CUDA only)
+    gpu_memory_utilization: float = 0.5  # vllm only: fraction of the whole GPU its engine may take
+
+    def checks(self, prefix: str) -> None:
+        super().checks(prefix)
+        require(self.backend in BACKENDS, f"{prefix}.backend", f"must be one of {', '.join(BACKENDS)}", self.backend)
+        require(0 < self.gpu_memory_utilization <= 1, f"{prefix}.gpu_memory_utilization", "must be in (0, 1]",
+                self.gpu_memory_utilization)
+        if self.backend == "vllm":
+            from framework import vllm_backend  # never imports vllm itself
+
+            vllm_backend.require_available(prefix)
+
+
+@dataclass
+class GreedyConfig(BackendConfig):
     name: str = "greedy"
 
 
 @dataclass
-class SampleConfig(DecoderConfig):
+class SampleConfig(BackendConfig):
     name: str = "sample"
     temperature: float = 1.0
     top_p: float = 1.0
@@ -68,7 +92,7 @@ class SampleConfig(DecoderConfig):
 
 
 @dataclass
-class BeamConfig(DecoderConfig):
+class BeamConfig(BackendConfig):
     name: str = "beam"
     num_beams: int = 4  # beam width; 1 is greedy
     length_penalty: float = 1.0  # beam score = sum log-prob / length**length_penalty (transformers' convention)
@@ -79,6 +103,13 @@ class BeamConfig(DecoderConfig):
         require(self.num_beams >= 1, f"{prefix}.num_beams", "must be >= 1", self.num_beams)
         require(math.isfinite(self.length_penalty), f"{prefix}.length_penalty", "must be a finite number",
                 self.length_penalty)
+        if self.backend == "vllm" and self.num_beams > 1:
+            # vLLM divides by (prompt + generated tokens)**length_penalty, transformers by the generated
+            # tokens only: the two rank beams alike only when the penalty is off.
+            require(self.length_penalty == 0, f"{prefix}.length_penalty",
+                    f"must be 0 with {prefix}.backend=vllm (vLLM's beam score counts the prompt's tokens in the "
+                    f"length; use length_penalty=0 for the plain sum log-prob, or backend=transformers)",
+                    self.length_penalty)
 
 
 # ---------------------------------------------------------------------------- generation core
@@ -149,8 +180,20 @@ class Decoder:
     def uses_beam_scores(self) -> bool:
         return self.generation_kwargs().get("num_beams", 1) > 1
 
+    def vllm_sampling(self) -> dict:
+        """backend=vllm: the SamplingParams arguments that make vLLM sample as `generation_kwargs` +
+        `warpers` do (n, max_tokens, seed, log-probs and stop tokens are added by the backend)."""
+        raise NotImplementedError(f"decoder {self.config.name!r} has no vLLM equivalent")
+
     @torch.no_grad()
     def decode(self, model, tokenizer, prompts: list[str], progress: bool = True) -> list[Decoded]:
+        if getattr(self.config, "backend", "transformers") == "vllm":
+            from framework import vllm_backend  # imports vllm: only ever reached with backend=vllm
+
+            vllm_backend.check_decoder(self, _eos_ids(model, tokenizer), tokenizer)  # before the engine starts
+            with vllm_backend.open_engine(model, self.config, self.seed) as engine:
+                return self.decode_on_engine(engine, model, tokenizer, prompts, progress)
+
         from transformers import GenerationConfig
 
         eos_ids = _eos_ids(model, tokenizer)
@@ -194,11 +237,20 @@ class Decoder:
                 results[prompt_index] = Decoded(candidates, self.choose(candidates))
         return results  # type: ignore[return-value]
 
+    def decode_on_engine(self, engine, model, tokenizer, prompts: list[str], progress: bool = True) -> list[Decoded]:
+        """backend=vllm: decode on an open engine, so that one engine can serve several decoders (bon)."""
+        from framework import vllm_backend
+
+        return vllm_backend.decode(self, engine, _eos_ids(model, tokenizer), tokenizer, prompts, progress)
+
 
 @registry.decoders.register("greedy", GreedyConfig)
 class GreedyDecoder(Decoder):
     def generation_kwargs(self) -> dict:
         return {"do_sample": False, "num_beams": 1}
+
+    def vllm_sampling(self) -> dict:
+        return {"temperature": 0.0}  # vLLM's greedy
 
 
 @registry.decoders.register("sample", SampleConfig)
@@ -219,6 +271,10 @@ class SampleDecoder(Decoder):
             warpers.append(TopPLogitsWarper(self.config.top_p))
         return warpers
 
+    def vllm_sampling(self) -> dict:
+        # top_k 0 / min_p 0 / no penalties are vLLM's defaults, as `generation_kwargs` turns them off here
+        return {"temperature": self.config.temperature, "top_p": self.config.top_p}
+
     def outputs_per_prompt(self) -> int:
         return self.config.samples_per_prompt
 
@@ -233,6 +289,9 @@ class BeamDecoder(Decoder):
     def generation_kwargs(self) -> dict:
         return {"do_sample": False, "num_beams": self.config.num_beams, "length_penalty": self.config.length_penalty,
                 "num_return_sequences": 1}
+
+    def vllm_sampling(self) -> dict:
+        return {"temperature": 0.0}  # num_beams=1 is greedy; wider beams go through vLLM's beam search
 
 
 @torch.no_grad()

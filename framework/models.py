@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,13 @@ class ModelHandle:
     path: str  # a local directory or a hub name
     fingerprint: dict  # what determines these weights; part of every downstream stage key
     load_kwargs: dict = field(default_factory=dict)  # extra from_pretrained arguments (gguf_file, revision, ...)
+    adapter_base: "ModelHandle | None" = None  # set when `path` holds only a LoRA adapter trained on this model
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.path, **self.load_kwargs)
+        tokenizer_kwargs = {key: value for key, value in self.load_kwargs.items() if key != "attn_implementation"}
+        tokenizer = AutoTokenizer.from_pretrained(self.path, **tokenizer_kwargs)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"  # decoder-only generation pads on the left
@@ -71,8 +74,30 @@ class ModelHandle:
     def load_model(self, runtime: Runtime):
         from transformers import AutoModelForCausalLM
 
+        if self.adapter_base is not None:
+            from peft import PeftModel
+
+            # fold the adapter in: every consumer (decoders, the next stage's trainer) sees a plain model
+            model = self.adapter_base.load_model(runtime)
+            return PeftModel.from_pretrained(model, self.path).merge_and_unload()
         model = AutoModelForCausalLM.from_pretrained(self.path, dtype=runtime.torch_dtype, **self.load_kwargs)
+        if "gguf_file" in self.load_kwargs:
+            plain_weights(model)
         return model.to(runtime.device)
+
+
+def plain_weights(model):
+    """A GGUF-loaded model whose weights transformers already unpacked into dense tensors (the case
+    without a GGUF matmul kernel) still carries its quantizer, which makes Trainer refuse to train it and
+    `save_pretrained` refuse to save it; drop it. Weights still in GGUF blocks cannot be trained: refuse."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    if not all(parameter.is_floating_point() for parameter in model.parameters()):
+        raise ConfigError("model.gguf_file: transformers kept this GGUF file's weights quantized (a GGUF kernel is "
+                          "installed); uninstall `kernels` or convert the file to safetensors first")
+    quantizer.remove_quantization_config(model)
+    return model
 
 
 # ---------------------------------------------------------------------------- tiny (embedded default)
@@ -111,7 +136,7 @@ def build_tiny(config: TinyModelConfig, stages, runtime: Runtime) -> ModelHandle
     spec = {key: value for key, value in vars(config).items() if key != "precision"}
     spec["tiny_version"] = tiny.TINY_VERSION
     spec["generator_version"] = arith.GENERATOR_VERSION
-    with stages.open("base-tiny", spec) as stage:
+    with stages.open("base-tiny", spec, collective=True) as stage:  # pretraining: every process takes part
         if not stage.done:
             log.info("building the tiny base model (once; cached in %s)", stage.dir)
             tokenizer = tiny.build_tokenizer()
@@ -131,7 +156,7 @@ def build_tiny(config: TinyModelConfig, stages, runtime: Runtime) -> ModelHandle
             model.save_pretrained(output)
             tokenizer.save_pretrained(output)
             stage.commit({"parameters": sum(p.numel() for p in model.parameters())})
-    return ModelHandle(str(stage.output), {"base": "tiny", "stage": stage.key})
+    return ModelHandle(str(stage.output), {"base": "tiny", "stage": stage.key}, config.load_options())
 
 
 # ---------------------------------------------------------------------------- hub name or local path
@@ -142,6 +167,7 @@ class HFModelConfig(ModelConfig):
     #                              "pkg:<python package>" means that installed package's directory
     revision: str | None = None
     gguf_file: str | None = None  # a GGUF file inside name_or_path, dequantised on load by transformers
+    cache_dequantized: bool = True  # GGUF: dequantise once into the stage cache (safetensors), then load that
     trust_remote_code: bool = False  # never on by default: it runs code from the model repository
 
     def checks(self, prefix: str) -> None:
@@ -174,12 +200,47 @@ def build_hf(config: HFModelConfig, stages, runtime: Runtime) -> ModelHandle:
     if not is_local and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         raise ConfigError(f"model.name_or_path: {config.name_or_path!r} is not a local directory and HF_HUB_OFFLINE "
                           "is set, so it cannot be fetched from the hub; give a local path")
-    try:  # resolve the config now so a wrong name fails before any data is built or trained
-        AutoConfig.from_pretrained(location, **load_kwargs)
+    fingerprint = {"base": "hf", "name_or_path": config.name_or_path, "revision": config.revision,
+                   "gguf_file": config.gguf_file}
+    with _readable_load_errors(config.name_or_path, is_local):
+        if config.gguf_file and config.cache_dequantized and is_local:
+            # no config check here: reading a GGUF header takes ~10 s, and a cached stage needs none
+            return _dequantized_gguf(location, load_kwargs, fingerprint, stages, runtime, config.load_options())
+        AutoConfig.from_pretrained(location, **load_kwargs)  # a wrong name fails before any data is built
+    return ModelHandle(location, fingerprint, {**load_kwargs, **config.load_options()})
+
+
+@contextmanager
+def _readable_load_errors(name_or_path: str, is_local: bool):
+    try:
+        yield
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "local directory" if is_local else "hub name (offline, misspelt or gated?)"
-        raise ConfigError(f"model.name_or_path: cannot load {config.name_or_path!r} as a {where}: {first_line}") from None
-    fingerprint = {"base": "hf", "name_or_path": config.name_or_path, "revision": config.revision,
-                   "gguf_file": config.gguf_file}
-    return ModelHandle(location, fingerprint, load_kwargs)
+        raise ConfigError(f"model.name_or_path: cannot load {name_or_path!r} as a {where}: {first_line}") from None
+
+
+def _dequantized_gguf(location: str, load_kwargs: dict, fingerprint: dict, stages, runtime: Runtime,
+                      load_options: dict) -> ModelHandle:
+    """Dequantise a GGUF checkpoint once and keep it as a stage: transformers dequantises GGUF on every
+    `from_pretrained` (~17 s for SmolLM2-135M on 2 cores), and a training job loads its model several
+    times (policy, reference, evaluation). The stage is keyed by the file's size and mtime, not its
+    digest, so a multi-GB file is not hashed on every run."""
+    file = Path(location) / load_kwargs["gguf_file"]
+    if not file.is_file():
+        raise ConfigError(f"model.gguf_file: no file {load_kwargs['gguf_file']!r} in {location}")
+    stat = file.stat()
+    spec = {**fingerprint, "gguf_bytes": stat.st_size, "gguf_mtime_ns": stat.st_mtime_ns}
+    with stages.open("base-gguf", spec) as stage:
+        if not stage.done:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            log.info("dequantising %s once into %s", file.name, stage.dir)
+            model = plain_weights(AutoModelForCausalLM.from_pretrained(location, **load_kwargs))  # fp32: lossless
+            tokenizer = AutoTokenizer.from_pretrained(location, **load_kwargs)
+            output = stage.new_output_dir()
+            model.save_pretrained(output)
+            tokenizer.save_pretrained(output)
+            stage.commit({"parameters": sum(p.numel() for p in model.parameters())})
+    kept = {key: value for key, value in load_kwargs.items() if key in ("trust_remote_code",)}
+    return ModelHandle(str(stage.output), fingerprint, {**kept, **load_options})  # same weights, same key

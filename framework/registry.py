@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "framework.plugins"
 BUILTIN_MODULES = (
     "framework.models",
     "framework.data.loaders",
+    "framework.data.benchmarks",
     "framework.decoding",
     "framework.bon",
     "framework.algorithms.none",
@@ -43,11 +44,12 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, schema: type, *, as_option: bool = False,
-                 label_free: bool = False) -> Callable[[T], T]:
+                 label_free: bool = False, trains: bool = True) -> Callable[[T], T]:
         """Decorator: register `obj` under `name` with its config schema. Duplicate names are refused.
 
         `label_free=True` (algorithms): the launcher hands the plugin data without gold answers or
         demonstrations (only `question` and `prompt` columns), so it cannot use them by accident.
+        `trains=False` (algorithms): needs no training split (evaluation-only datasets work with it).
         """
 
         def decorate(obj: T) -> T:
@@ -56,6 +58,8 @@ class Registry(Generic[T]):
             register_schema(self.group, name, schema, as_option=as_option)
             if label_free:
                 obj.label_free = True  # type: ignore[attr-defined]
+            if not trains:
+                obj.trains = False  # type: ignore[attr-defined]
             self._entries[name] = obj
             return obj
 

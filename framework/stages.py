@@ -10,6 +10,16 @@ output, the framework version). Inside:
 A file lock per stage makes concurrent sweep jobs that need the same stage wait for one computation
 instead of racing; `stages.reuse=false` recomputes and overwrites. (The `filelock` package does the
 locking; it is the lock huggingface_hub and datasets already use.)
+
+Several processes of one job (`accelerate launch`, `torchrun`; see framework/distributed.py):
+- `open(kind, spec)`: the main process alone computes and commits the stage (sampling, exploration);
+  the others wait until it is finished, then enter the block with `stage.done` true and read it.
+- `open(kind, spec, collective=True)`: every process runs the block, because training needs them
+  all. The main process holds the lock and commits; `new_output_dir()` gives the others a private
+  scratch directory that is thrown away (trainers write the artifact from the main process), and
+  `commit` returns on every process once the stage is finished. The key includes the number of
+  processes, since the global batch is per-device batch x processes x accumulation steps.
+The cache directory must be one filesystem that every process (every node) sees.
 """
 from __future__ import annotations
 
@@ -19,13 +29,13 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock
 
-from framework import __version__
+from framework import __version__, distributed
 
 DONE_MARKER = "stage.json"
 
@@ -35,12 +45,24 @@ def stage_key(kind: str, spec: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+# How this process takes part in a stage (see the module docstring).
+ALONE = "alone"            # computes and commits on its own: a single process, or the main process of a main-only stage
+COLLECTIVE = "collective"  # every process runs the block (training); the main process commits
+READER = "reader"          # a non-main process handed a main-only stage the main process has finished
+
+
+class StageSyncError(RuntimeError):
+    """The processes of one job disagree about a stage: the main process failed it, or they see different files."""
+
+
 @dataclass
 class Stage:
     kind: str
     key: str
     dir: Path
     spec: dict
+    role: str = ALONE
+    opened_at: float = field(default_factory=time.time)
 
     @property
     def output(self) -> Path:
@@ -57,20 +79,52 @@ class Stage:
     def metadata(self) -> dict:
         return json.loads((self.dir / DONE_MARKER).read_text())
 
+    def _writes_artifact(self) -> bool:
+        if self.role == READER:
+            raise StageSyncError(f"stage {self.kind}/{self.key} is computed by the main process; this process "
+                                 "only reads it (open it with collective=True if every process must compute it)")
+        return self.role == ALONE or distributed.is_main_process()
+
     def new_output_dir(self) -> Path:
-        """A fresh scratch directory to write the artifact into before `commit` moves it in place."""
-        scratch = self.dir / "output.partial"
+        """A fresh scratch directory to write the artifact into before `commit` moves it in place.
+
+        In a collective stage a non-main process gets its own directory, discarded at commit, so
+        that processes saving the same files never write over each other."""
+        name = "output.partial" if self._writes_artifact() else f"output.partial.rank{distributed.rank()}"
+        scratch = self.dir / name
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         return scratch
 
     def commit(self, metadata: dict | None = None) -> None:
+        if self.role == ALONE:
+            self._commit(metadata)
+            return
+        if self._writes_artifact():  # the main process of a collective stage
+            committed = False
+            try:
+                self._commit(metadata)
+                committed = True
+            finally:
+                distributed.share_from_main(committed)  # the others wait in commit until the stage is done
+            return
+        shutil.rmtree(self.dir / f"output.partial.rank{distributed.rank()}", ignore_errors=True)
+        if not distributed.share_from_main(None):
+            raise StageSyncError(f"committing stage {self.kind}/{self.key} failed on the main process; see its log")
+        if not self.done:
+            raise StageSyncError(f"stage {self.kind}/{self.key} was committed by the main process but is not visible "
+                                 f"here: stages.cache_dir ({self.dir.parent.parent}) must be a filesystem every "
+                                 "node shares")
+
+    def _commit(self, metadata: dict | None) -> None:
         scratch = self.dir / "output.partial"
         if scratch.exists():
             shutil.rmtree(self.output, ignore_errors=True)
             os.replace(scratch, self.output)
         record = {"kind": self.kind, "key": self.key, "spec": self.spec, "framework": __version__,
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(metadata or {})}
+        # what computing this stage cost (its own work only; upstream stages have their own records)
+        record["compute"] = {"seconds": time.time() - self.opened_at, **record.get("compute", {})}
         temporary = self.dir / (DONE_MARKER + ".tmp")
         temporary.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         os.replace(temporary, self.dir / DONE_MARKER)
@@ -86,15 +140,93 @@ class StageStore:
     def __init__(self, root: str | os.PathLike, reuse: bool = True):
         self.root = Path(os.path.expanduser(str(root))).resolve()
         self.reuse = reuse
+        self._ledger: dict[str, dict] = {}
+
+    def compute_ledger(self) -> list[dict]:
+        """Every finished stage this store opened (computed here or reused), with the compute it cost when
+        it was computed (`compute` in its stage.json): what a job's model and evaluation rest on."""
+        return list(self._ledger.values())
 
     @contextmanager
-    def open(self, kind: str, spec: dict) -> Iterator[Stage]:
-        """Hold the stage's lock for the block; with reuse off, a finished stage is cleared first."""
+    def open(self, kind: str, spec: dict, collective: bool = False) -> Iterator[Stage]:
+        """The stage for (kind, spec), noted in the compute ledger once finished (see `_open`)."""
+        opened_at = time.time()
+        with self._open(kind, spec, collective) as stage:
+            stage.opened_at = opened_at
+            yield stage
+        if stage.done:
+            compute = stage.metadata().get("compute", {})
+            self._ledger.setdefault(f"{kind}/{stage.key}", {"kind": kind, "key": stage.key, **compute})
+
+    @contextmanager
+    def _open(self, kind: str, spec: dict, collective: bool = False) -> Iterator[Stage]:
+        """Hold the stage's lock for the block; with reuse off, a finished stage is cleared first.
+
+        `collective=True`: the block needs every process of a multi-process job (it trains); by
+        default the main process runs it alone and the others wait (see the module docstring)."""
+        distributed.setup()  # joins the launcher's process group, if any; nothing for one process
+        if collective and distributed.world_size() > 1 and not distributed.synchronized():
+            raise StageSyncError(f"stage {kind} needs every process, but was opened inside a stage that the main "
+                                 "process computes alone; open the outer stage with collective=True")
+        if not distributed.synchronized():
+            with self._locked(kind, spec, ALONE) as stage:
+                yield stage
+        elif collective:
+            with self._collective(kind, {**spec, "world_size": distributed.world_size()}) as stage:
+                yield stage
+        else:
+            with self._main_only(kind, spec) as stage:
+                yield stage
+
+    def _directory(self, kind: str, spec: dict) -> tuple[str, Path]:
         key = stage_key(kind, spec)
-        directory = self.root / kind / key
+        return key, self.root / kind / key
+
+    @contextmanager
+    def _locked(self, kind: str, spec: dict, role: str) -> Iterator[Stage]:
+        key, directory = self._directory(kind, spec)
         directory.mkdir(parents=True, exist_ok=True)
         with FileLock(str(directory) + ".lock"):
-            stage = Stage(kind, key, directory, spec)
+            stage = Stage(kind, key, directory, spec, role)
             if not self.reuse and stage.done:
                 stage.clear()
+            yield stage
+
+    @contextmanager
+    def _main_only(self, kind: str, spec: dict) -> Iterator[Stage]:
+        key, directory = self._directory(kind, spec)
+        if distributed.is_main_process():
+            status = "failed"
+            try:
+                with distributed.main_process_alone(), self._locked(kind, spec, ALONE) as stage:
+                    yield stage
+                    status = "done" if stage.done else "left unfinished"
+            finally:
+                distributed.share_from_main(status)  # releases the others, also when the block raised
+            return
+        status = distributed.share_from_main(None)
+        stage = Stage(kind, key, directory, spec, READER)
+        if status != "done":
+            raise StageSyncError(f"stage {kind}/{key} {status} on the main process (rank 0); see its log")
+        if not stage.done:
+            raise StageSyncError(f"stage {kind}/{key} was finished by the main process but is not visible here: "
+                                 f"stages.cache_dir ({self.root}) must be a filesystem every node shares")
+        yield stage
+
+    @contextmanager
+    def _collective(self, kind: str, spec: dict) -> Iterator[Stage]:
+        key, directory = self._directory(kind, spec)
+        if not distributed.is_main_process():
+            done_on_main = distributed.share_from_main(None)
+            stage = Stage(kind, key, directory, spec, COLLECTIVE)
+            if stage.done != done_on_main:  # one process would train while another skips: a hang
+                raise StageSyncError(f"stage {kind}/{key} is {'' if done_on_main else 'not '}finished on the main "
+                                     f"process but {'' if stage.done else 'not '}here: stages.cache_dir "
+                                     f"({self.root}) must be a filesystem every node shares")
+            yield stage
+            return
+        # the main process alone locks: another process of this job blocking on the lock while the
+        # main process trains would deadlock the trainer's collectives
+        with self._locked(kind, spec, COLLECTIVE) as stage:
+            distributed.share_from_main(stage.done)
             yield stage

@@ -2,7 +2,8 @@
 
 Trainer metrics reach the same run through transformers' WandbCallback (`report_to="wandb"` reuses
 the active run); evaluation metrics go under `eval/`; the scored generations become a wandb.Table.
-`logger=none` swaps in a tracker that records nothing.
+`logger=none` swaps in a tracker that records nothing, and so does every process but the main one
+when a job runs as several processes (`accelerate launch`).
 """
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ class WandbTracker(NullTracker):
 
 def start(config: LoggerConfig, resolved_config: dict, output_dir: Path, run_name: str, group: str | None,
           job_type: str) -> NullTracker:
+    from framework import distributed
+
+    if not distributed.is_main_process():  # one W&B run per job, not per process; the trainer's callback agrees
+        return NullTracker()
     if isinstance(config, WandbLoggerConfig) and config.mode != "disabled":
         return WandbTracker(config, resolved_config, output_dir, run_name, group, job_type)
     return NullTracker()

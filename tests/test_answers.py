@@ -42,3 +42,186 @@ def test_checker_on_a_real_gsm8k_row():
     assert checker.check(row["answer"], gold).correct
     verdict = checker.check("I think it is 3", gold)
     assert not verdict.correct and verdict.extracted is None and verdict.extracted_flexible == "3"
+
+
+# ---------------------------------------------------------------------------- real data: every gold reads back
+import json  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from framework.data import answers  # noqa: E402
+from framework.data.answers import (GaokaoAnswerChecker, LetterAnswerChecker, MathAnswerChecker,  # noqa: E402
+                                    Verdict, last_boxed, option_letters)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.open(encoding="utf-8")]
+
+
+def test_every_gsm8k_test_gold_extracts_from_its_own_answer():
+    checker = NumericAnswerChecker()
+    rows = _rows(DATA / "gsm8k/test.jsonl")
+    assert len(rows) == 1319
+    for line, row in enumerate(rows, start=1):
+        written = row["answer"].split("####")[-1].strip().replace(",", "")  # the data README's own recipe
+        gold = checker.gold_from_solution(row["answer"])
+        assert gold == normalize_number(written) and gold is not None, f"test.jsonl:{line}"
+        assert checker.check(row["answer"], gold).correct, f"test.jsonl:{line}"
+        assert not checker.check(row["answer"] + " 1", str(int(float(gold)) + 1)).correct  # another number
+
+
+@pytest.fixture(scope="module")
+def math500():
+    return _rows(DATA / "math/math500_test.jsonl")
+
+
+def test_every_math500_boxed_answer_verifies_equal_to_its_answer_field(math500):
+    """All 500, no exceptions: the last \\boxed{} of each solution is equivalent to the `answer` field."""
+    checker = MathAnswerChecker()
+    assert len(math500) == 500
+    failures = [(row["unique_id"], row["answer"], last_boxed(row["solution"])) for row in math500
+                if not checker.check(row["solution"], row["answer"]).correct]
+    assert failures == []
+
+
+def test_math500_answers_of_other_problems_are_rejected(math500):
+    """Each gold against the next problem's answer: only pairs that really are the same value pass."""
+    checker = MathAnswerChecker()
+    accepted = {(row["answer"], other["answer"]) for row, other in zip(math500, math500[1:] + math500[:1])
+                if checker.check(f"so \\boxed{{{other['answer']}}}", row["answer"]).correct}
+    # the three neighbours with equal answers: 5 vs "x=5" counts (math-verify takes an equation's value)
+    assert accepted == {("5", "x=5"), ("7", "7"), ("3", "3")}
+
+
+# ---------------------------------------------------------------------------- \boxed{} by brace matching
+@pytest.mark.parametrize("text, expected", [
+    ("so \\boxed{\\frac{1}{\\sqrt{2}}} done", "\\frac{1}{\\sqrt{2}}"),  # nested braces
+    ("\\boxed{1} then \\boxed{\\{1,2\\}}.", "\\{1,2\\}"),  # the last box; escaped braces are content
+    ("\\boxed{\\left\\{ x \\right.}", "\\left\\{ x \\right."),  # an unbalanced escaped brace does not count
+    ("the answer is $\\boxed 5$.", "5"),  # TeX's brace-less form takes one token
+    ("\\fbox{7} wins", "7"),
+    ("\\boxed { 12 }", "12"),
+    ("cut off \\boxed{\\frac{1}{2}", None),  # never closes: no strict answer
+    ("\\boxed{}", None),
+    ("no box at all", None),
+])
+def test_last_boxed(text, expected):
+    assert last_boxed(text) == expected
+
+
+# ---------------------------------------------------------------------------- math-verify equivalence
+@pytest.mark.parametrize("gold, answer, equal", [
+    ("\\frac{1}{2}", "0.5", True),
+    ("0.5", "\\dfrac12", True),
+    ("\\{1,2\\}", "\\{2,1\\}", True),
+    ("\\{1,2\\}", "\\{1,2,3\\}", False),
+    ("(1,3)", "(1,3)", True),
+    ("(1,3)", "[1,3)", False),  # an interval's ends matter
+    ("[2,+\\infty)", "[2,\\infty)", True),
+    ("(-\\infty,-1)\\cup(1,+\\infty)", "(1,\\infty)\\cup(-\\infty,-1)", True),
+    ("2\\sqrt{2}", "\\sqrt{8}", True),
+    ("y=2x-1", "y=2x+1", False),
+    ("3", "4", False),
+    ("\\frac{3}{4}", "\\frac{4}{3}", False),
+])
+def test_math_equivalence(gold, answer, equal):
+    checker = MathAnswerChecker()
+    verdict = checker.check(f"Therefore the answer is $\\boxed{{{answer}}}$.", gold)
+    assert verdict.extracted == answer and verdict.correct is equal and verdict.correct_flexible is equal
+
+
+def test_math_flexible_reading_without_a_box():
+    checker = MathAnswerChecker()
+    verdict = checker.check("So the final answer is $\\frac{3}{4}$.", "0.75")
+    assert (verdict.extracted, verdict.correct) == (None, False)
+    assert verdict.extracted_flexible == "\\frac{3}{4}" and verdict.correct_flexible
+    assert not checker.check("I got 5 and then 7", "6").correct_flexible
+    assert checker.check("nothing mathematical", "6") == Verdict(None, False, None, False)
+
+
+def test_math_extract_gives_equal_answers_one_key():
+    """extract() is what majority voting counts: equal values written differently share a key."""
+    checker = MathAnswerChecker()
+    assert {checker.extract(f"\\boxed{{{a}}}") for a in ("\\frac34", "0.75", "\\dfrac{3}{4}")} == {"0.75"}
+    assert checker.extract("\\boxed{\\{2,1\\}}") == checker.extract("\\boxed{\\{1, 2\\}}")
+    assert checker.extract("\\boxed{3}") != checker.extract("\\boxed{4}")
+    assert checker.extract("no box") is None
+
+
+def test_math_checks_work_off_the_main_thread(caplog, monkeypatch):
+    """math-verify's timeout needs SIGALRM (main thread only): elsewhere checks still run, with a warning."""
+    monkeypatch.setattr(answers, "_warned_off_main_thread", False)
+    checker, results = MathAnswerChecker(), {}
+
+    def work():
+        results["equal"] = checker.check("\\boxed{0.5}", "\\frac{1}{2}").correct
+        results["unequal"] = checker.check("\\boxed{0.6}", "\\frac{1}{2}").correct
+
+    with caplog.at_level(logging.WARNING):
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    assert results == {"equal": True, "unequal": False}
+    assert "timeout cannot be enforced" in caplog.text
+
+
+def test_math_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="timeout_seconds"):
+        MathAnswerChecker(0)
+
+
+# ---------------------------------------------------------------------------- option letters
+@pytest.mark.parametrize("text, expected", [
+    ("B", "B"), ("(B)", "B"), ("B) False", "B"), ("$C$", "C"), ("\\text{(C)}", "C"), ("B. 3", "B"),
+    ("A, C", "AC"), ("C A", "AC"), ("ACD", "ACD"), ("A and D", "AD"),
+    ("F", None), ("AA", None), ("Both", None), ("x", None),
+])
+def test_option_letters(text, expected):
+    assert option_letters(text, "ABCDE") == expected
+
+
+@pytest.mark.parametrize("output, strict, flexible", [
+    ("Max is a dumpus.\nMax is not sour.\nThe answer is B.", "B", "B"),
+    ("the answer is (B)", "B", "B"),
+    ("Answer: A", "A", "A"),
+    ("\\boxed{A} but the answer is B.", "B", "B"),  # the later mark wins
+    ("The answer is B, no: \\boxed{A}", "A", "A"),
+    ("The statement is False.", None, "B"),  # an option word, flexible only
+    ("I choose (A)", None, "A"),
+    ("The answer is True.", None, "A"),
+    ("A wumpus is a dumpus.", None, None),  # a capital A starting a sentence is no answer
+])
+def test_letter_checker(output, strict, flexible):
+    checker = LetterAnswerChecker("AB", {"True": "A", "False": "B"})
+    verdict = checker.check(output, "B")
+    assert (verdict.extracted, verdict.extracted_flexible) == (strict, flexible)
+    assert verdict.correct == (strict == "B") and verdict.correct_flexible == (flexible == "B")
+
+
+# ---------------------------------------------------------------------------- GAOKAO: letters or math
+def test_gaokao_fixture_golds_accept_equivalent_answers_and_reject_wrong_ones():
+    rows = _rows(FIXTURES / "gaokao2023en_sample.jsonl")
+    checker = GaokaoAnswerChecker()
+    # an equivalent way to write each gold, and a wrong answer (hand-made, in file order)
+    equivalent = ["\\{2,0,1\\}", "0.75", "(1,3)", "[2,\\infty)", "(1,\\infty)\\cup(-\\infty,-1)", "B", "\\text{C}",
+                  "C, A", "(D)", "20", "0.375", "\\sqrt{8}", "y=2x-1", "\\pi"]
+    wrong = ["\\{0,1,2,3\\}", "\\frac{4}{3}", "[1,3]", "(2,\\infty)", "(-1,1)", "A", "D", "A", "C", "21", "\\frac{5}{8}",
+             "4", "y=2x+1", "2\\pi"]
+    assert len(rows) == len(equivalent) == len(wrong) == 14
+    for row, good, bad in zip(rows, equivalent, wrong):
+        assert checker.check(f"We find $\\boxed{{{good}}}$.", row["answer"]).correct, (row["answer"], good)
+        assert not checker.check(f"We find $\\boxed{{{bad}}}$.", row["answer"]).correct, (row["answer"], bad)
+    assert [checker.is_choice(row["answer"]) for row in rows] == [False] * 5 + [True] * 4 + [False] * 5
+
+
+def test_gaokao_multiple_choice_readings():
+    checker = GaokaoAnswerChecker()
+    assert checker.check("The answer is (C).", "C").correct
+    assert checker.check("\\boxed{A}", "AC").correct is False  # half of a multiple-answer question is wrong
+    verdict = checker.check("I think option C) is right", "$C$")
+    assert not verdict.correct and verdict.correct_flexible
+    assert checker.extract("\\boxed{\\text{(B)}}") == "B" and checker.extract("\\boxed{0.5}") == "0.5"

@@ -83,6 +83,31 @@ def test_trained_stage_is_reused_across_decoders(compose_cfg, tmp_path):
     assert len(list((cache / "sft").glob("*/stage.json"))) == 1
 
 
+def test_a_rerun_reuses_the_evaluation_and_counts_every_stage_of_the_model(compose_cfg, tmp_path):
+    """The second identical job decodes nothing (the evaluation is a stage) and reports the same numbers;
+    both report the compute of every stage the model rests on (the SFT warm start, the sampled set, the
+    BoN-SFT training), although the second computed none of them."""
+    cache = tmp_path / "cache"
+    warm_start = [override.replace("algorithm.", "algorithm.sft.", 1) for override in FAST_TRAINING]
+    overrides = [*_overrides("bon_sft"), "algorithm.starting_point=sft", *warm_start, "decoder=sample",
+                 "decoder.samples_per_prompt=2"]
+    first = run(compose_cfg(overrides, cache), tmp_path / "a")
+    second = run(compose_cfg(overrides, cache), tmp_path / "b")
+    assert not first["evaluation_reused"] and second["evaluation_reused"]
+    assert first["metrics"] == second["metrics"]
+    assert (tmp_path / "a" / "generations.jsonl").read_text() == (tmp_path / "b" / "generations.jsonl").read_text()
+    assert first["compute"] == second["compute"]
+    kinds = sorted(entry["kind"] for entry in first["compute"]["stages"])
+    assert kinds == ["base-tiny", "bon_sft", "evaluation", "samples", "sft"]
+    stages = {entry["kind"]: entry for entry in first["compute"]["stages"]}
+    # two optimizer steps of batch 8 on each of SFT and BoN-SFT: non-padding tokens of those batches
+    assert stages["sft"]["train_tokens"] > 0 and stages["bon_sft"]["train_tokens"] > 0
+    assert first["compute"]["train_tokens"] == stages["sft"]["train_tokens"] + stages["bon_sft"]["train_tokens"]
+    samples = [json.loads(line) for line in next((cache / "samples").glob("*/output/samples.jsonl")).open()]
+    assert first["compute"]["sampling_generated_tokens"] == sum(
+        candidate["num_tokens"] for record in samples for candidate in record["candidates"])
+
+
 def test_wandb_offline_run_is_written(compose_cfg, shared_cache, tmp_path):
     overrides = [*_overrides("none"), "logger=wandb", "logger.mode=offline"]
     run(compose_cfg(overrides, shared_cache), tmp_path)
@@ -107,18 +132,13 @@ def test_external_plugin_registers_through_an_entry_point(compose_cfg, shared_ca
     assert results["algorithm"] == "toy" and (tmp_path / "toy_marker.txt").read_text() == "42"
 
 
-def test_sft_starting_point_trains_the_sft_stage_once_and_shares_it(compose_cfg, tmp_path, monkeypatch):
-    """`starting_point: sft` runs algorithm=sft with its defaults: the very stage an `algorithm=sft` job uses."""
-    import functools
-
-    from framework.algorithms import sft
-
-    # the warm start's defaults shrunk to FAST_TRAINING's values, so the algorithm=sft job below matches them
-    fast_defaults = dict(item.split("=") for item in (o.removeprefix("algorithm.") for o in FAST_TRAINING))
-    monkeypatch.setattr(sft, "SFTAlgorithmConfig", functools.partial(
-        sft.SFTAlgorithmConfig, **{key: int(value) for key, value in fast_defaults.items()}))
+def test_sft_starting_point_trains_the_sft_stage_once_and_shares_it(compose_cfg, tmp_path):
+    """`starting_point: sft` trains SFT with the method's `sft` keys: with keys equal to an `algorithm=sft`
+    job's (here FAST_TRAINING's), the very stage that job uses."""
+    warm_start = [override.replace("algorithm.", "algorithm.sft.", 1) for override in FAST_TRAINING]
     cache = tmp_path / "cache"
-    sharpened = run(compose_cfg([*_overrides("bon_sft"), "algorithm.starting_point=sft"], cache), tmp_path / "a")
+    sharpened = run(compose_cfg([*_overrides("bon_sft"), "algorithm.starting_point=sft", *warm_start], cache),
+                    tmp_path / "a")
     assert len(list((cache / "sft").glob("*/stage.json"))) == 1
     samples = json.loads(next((cache / "samples").glob("*/stage.json")).read_text())
     assert samples["spec"]["base"]["stage"] == "sft"  # sampled from the SFT model, not the random base
@@ -132,4 +152,10 @@ def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg):
     from framework.algorithms.sft import SFTAlgorithmConfig
     from framework.config import to_validated
 
-    assert to_validated(compose_cfg(["algorithm=sft"])).algorithm == SFTAlgorithmConfig()
+    from dataclasses import asdict
+
+    sft_job = to_validated(compose_cfg(["algorithm=sft"])).algorithm
+    assert sft_job == SFTAlgorithmConfig()
+    for method in ("bon_sft", "dpo", "xpo", "rft", "outcome_dpo", "self_explore"):  # their default warm start
+        warm_start = to_validated(compose_cfg([f"algorithm={method}"])).algorithm.sft
+        assert {"name": "sft", **asdict(warm_start)} == asdict(sft_job), method

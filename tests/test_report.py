@@ -1,9 +1,19 @@
-"""The comparison report: tables from job directories, missing jobs listed, the by-width view."""
+"""The comparison report: tables from job directories, missing jobs listed, statistics checked by hand,
+recomputation from generations, plots, and reading a W&B group."""
+import csv
+import io
 import json
+import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from framework.report import collect, main, markdown, width_table
+from framework.evaluation import mean_interval, pass_at_k, wilson_interval
+from framework.report import (
+    aggregate, check_against_generations, collect, collect_wandb, holm, main, markdown, missing_job_lines,
+    paired_bootstrap, recompute_from_generations, seed_problem_interval, width_table, write_report,
+)
 
 
 def _job(root, name, algorithm, width, seed, correct, over_optimism=0.0):
@@ -70,3 +80,270 @@ def test_bon_table_lists_accuracy_lift_and_coverage_by_n(tmp_path, capsys):
     assert "| sft | majority | 0 | 50.0 | 40.0 (-20.0) | 40.0 (-20.0) | 60.0 (+20.0) |" in table
     assert "| sft | logprob | 0 | 50.0 | 40.0 | 60.0 | 70.0 |" in table  # coverage rows
     assert "+20.0" in (tmp_path / "comparison.md").read_text()  # the lift column of the main table
+
+
+# ---------------------------------------------------------------------------- the aggregated report
+
+
+def _sweep_job(root, name, algorithm, decoder, seed, chosen_correct, samples=None, compute=None, extra=None,
+               overrides=None):
+    """A job as the launcher leaves it: generations.jsonl plus a results.json computed from it.
+
+    `chosen_correct[i]` is problem i's chosen output (1 right, 0 wrong); `samples[i]` (best-of-N) the
+    correctness of all N candidates, the chosen one being the first correct one when chosen_correct[i]."""
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(
+        "\n".join(f"- {o}" for o in (overrides or [f"algorithm={algorithm}", f"decoder={decoder}", f"seed={seed}"])))
+    rows = []
+    for problem, ok in enumerate(chosen_correct):
+        candidates = samples[problem] if samples else [ok]
+        pick = candidates.index(ok) if ok in candidates else 0
+        for index, correct in enumerate(candidates):
+            rows.append({"problem": problem, "candidate": index, "chosen": index == pick, "question": f"q{problem}",
+                         "correct": bool(correct), "correct_flexible": bool(correct), "num_tokens": 10})
+    with (job / "generations.jsonl").open("w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    metrics = recompute_from_generations(rows)
+    low, high = mean_interval([float(v) for v in chosen_correct])[1:]
+    metrics.update({"accuracy_ci_low": low, "accuracy_ci_high": high, "mean_tokens": 10.0, "decode_seconds": 2.0,
+                    "generated_tokens": 10 * len(rows), **(extra or {})})
+    config = {"name": decoder, **({"num_beams": int(decoder.split("_")[1])} if decoder.startswith("beam") else {})}
+    if decoder.startswith("beam"):
+        decoder = "beam"
+    label = decoder if decoder != "beam" else f"beam(num_beams={config['num_beams']})"
+    record = {"algorithm": algorithm, "decoder": decoder, "decoder_label": label, "decoder_config": config,
+              "dataset": "arith", "model": "tiny", "seed": seed, "metrics": metrics, "train_seconds": 3.0,
+              "wall_seconds": 9.0}
+    if compute is not None:
+        record["compute"] = compute
+    (job / "results.json").write_text(json.dumps(record))
+    return job
+
+
+def test_seed_problem_interval_matches_the_hand_computed_anova():
+    # seeds x problems [[1,1,0,0],[1,0,0,0]]: mean 3/8; seed means (.5, .25), problem means (1, .5, 0, 0)
+    # MS_seeds = 4 * (.125^2 + .125^2) / 1 = .125; MS_problems = 2 * (.625^2 + .125^2 + .375^2 + .375^2) / 3
+    # = .458333; MS_error = SS_resid / 3 = (6 * .125^2 + 2 * .375^2) / 3 = .125
+    # variance = max(0, (.125 - .125) / 4) / 2 + (.458333 - .125) / 2 / 4 + .125 / 8 = .0572917
+    mean, low, high = seed_problem_interval([[1, 1, 0, 0], [1, 0, 0, 0]])
+    assert mean == pytest.approx(0.375)
+    assert low == 0.0 and high == pytest.approx(0.375 + 1.959963984540054 * math.sqrt(0.0572917), abs=1e-6)
+
+
+def test_seed_problem_interval_counts_a_seed_effect_and_falls_back_for_one_seed():
+    # seed 0 solves every problem, seed 1 none: the problem-only interval of seed-averaged scores
+    # (all 0.5) would have width 0; the seed term gives variance MS_seeds / (S P) = 2 / 8 = .25
+    mean, low, high = seed_problem_interval([[1, 1, 1, 1], [0, 0, 0, 0]])
+    assert (mean, low, high) == (0.5, 0.0, 1.0)
+    assert seed_problem_interval([[1, 1, 0, 0]]) == (0.5, *wilson_interval(2, 4))  # one seed: results.json's
+    assert seed_problem_interval([[0, 0, 0], [0, 0, 0]]) == (0.0, *wilson_interval(0, 3))  # not zero-width
+
+
+def test_paired_bootstrap_known_answers():
+    assert paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0], resamples=500) == (0.0, 0.0, 0.0, 1.0)
+    difference, low, high, p = paired_bootstrap([1] * 10, [0] * 10, resamples=500)  # right where the other misses
+    assert (difference, low, high, p) == (1.0, 1.0, 1.0, 1 / 501)
+    # 30 of 100 problems gained: normal approximation 0.3 +- 1.96 * sqrt(.3 * .7 / 100) = [.210, .390]
+    difference, low, high, p = paired_bootstrap([1] * 30 + [0] * 70, [0] * 100, resamples=4000)
+    assert difference == pytest.approx(0.3) and low == pytest.approx(0.210, abs=0.02)
+    assert high == pytest.approx(0.390, abs=0.02) and p == 1 / 4001
+    assert paired_bootstrap([1, 0, 1, 1], [0, 1, 1, 0], resamples=300) == \
+        paired_bootstrap([1, 0, 1, 1], [0, 1, 1, 0], resamples=300)  # seeded: deterministic
+
+
+def test_holm_adjusts_step_down():
+    # sorted .01 (x3 = .03), .03 (x2 = .06), .04 (x1 = .04, but never below the previous .06)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def _small_sweep(root):
+    """sft and dpo x greedy and beam(4), seeds 0 and 1, 10 problems; dpo beam seed 1 was killed."""
+    sft = {0: [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], 1: [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]}
+    dpo = {0: [1, 1, 1, 1, 1, 1, 1, 1, 0, 0], 1: [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+    number = 0
+    for algorithm, table in (("sft", sft), ("dpo", dpo)):
+        for decoder in ("greedy", "beam_4"):
+            for seed, correct in table.items():
+                if (algorithm, decoder, seed) == ("dpo", "beam_4", 1):
+                    job = root / f"{number}_dpo_beam_seed1"
+                    (job / ".hydra").mkdir(parents=True)
+                    (job / ".hydra" / "overrides.yaml").write_text("- algorithm=dpo\n- decoder=beam\n- seed=1\n")
+                    (job / "results.json").write_text('{"algorithm": "dp')  # killed while writing
+                else:
+                    flipped = correct if decoder == "greedy" else [1 - correct[0]] + correct[1:]
+                    _sweep_job(root, f"{number}_{algorithm}_{decoder}_seed{seed}", algorithm, decoder, seed,
+                               flipped, compute={"train_tokens": 1000 * (1 + (algorithm == "dpo")),
+                                                 "train_seconds": 5.0, "sampling_generated_tokens": 0})
+                number += 1
+
+
+def test_aggregate_means_lift_and_comparison_by_hand(tmp_path):
+    _small_sweep(tmp_path)
+    results, missing = collect(tmp_path)
+    assert missing == ["7_dpo_beam_seed1"]
+    cells = {(c.algorithm, c.decoder_label): c for c in aggregate(results, resamples=2000)}
+    sft, dpo = cells["sft", "greedy"], cells["dpo", "greedy"]
+    assert (sft.accuracy, dpo.accuracy) == (pytest.approx(0.25), pytest.approx(0.75))  # (3+2)/20, (8+7)/20
+    assert sft.seeds == [0, 1] and cells["dpo", "beam(num_beams=4)"].seeds == [0]
+    # dpo beam seed 0 lost problem 0: 7/10; its greedy on the matched seed 0: 8/10 -> lift -12.5%
+    assert cells["dpo", "beam(num_beams=4)"].lift == pytest.approx(100 * (0.7 - 0.8) / 0.8)
+    assert sft.lift is None and sft.comparison is None
+    # dpo greedy vs sft greedy, seeds averaged per problem: differences (0,0,.5,1,1,1,1,.5,0,0) -> mean .5
+    assert dpo.comparison.difference == pytest.approx(0.5) and dpo.comparison.seeds == [0, 1]
+    assert dpo.comparison.significant and dpo.comparison.p_holm == pytest.approx(2 * dpo.comparison.p_value)
+    assert cells["dpo", "beam(num_beams=4)"].comparison.seeds == [0]  # matched to sft beam's seed 0 only
+    assert dpo.compute["train_tokens"] == 2000 and sft.compute["eval_generated_tokens"] == 100
+
+
+def test_report_files_list_the_killed_job_and_match_the_generations(tmp_path, capsys):
+    _small_sweep(tmp_path)
+    assert main([str(tmp_path), "--resamples", "500"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "1 job(s) without results" in text and "`7_dpo_beam_seed1` (algorithm=dpo decoder=beam seed=1)" in text
+    assert "| dpo | greedy | 2 | 75.0 [" in text and "+50.0 [" in text and " *" in text
+    assert "agree with results.json for 7/7 jobs" in text
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "report.csv").read_text())))
+    assert [(r["method"], r["decoder"], r["seeds"]) for r in rows] == [
+        ("sft", "greedy", "0 1"), ("sft", "beam(num_beams=4)", "0 1"),
+        ("dpo", "greedy", "0 1"), ("dpo", "beam(num_beams=4)", "0")]
+    assert float(rows[2]["accuracy"]) == pytest.approx(0.75) and rows[2]["significant"] == "True"
+
+
+def test_recomputation_flags_a_results_file_that_disagrees(tmp_path):
+    job = _sweep_job(tmp_path, "a", "sft", "greedy", 0, [1, 0, 0, 0])
+    record = json.loads((job / "results.json").read_text())
+    record["job_dir"] = str(job)
+    assert check_against_generations(record) == []
+    record["metrics"]["accuracy"] = 0.5
+    assert check_against_generations(record) == ["accuracy: results.json has 0.5, generations.jsonl gives 0.25"]
+    (job / "results.json").write_text(json.dumps({k: v for k, v in record.items() if k != "job_dir"}))
+    results, _ = collect(tmp_path)
+    assert "WARNING `a`: results.json disagrees" in write_report(results, tmp_path, "t", [], plots=False)
+
+
+def test_recompute_gives_pass_at_k_from_all_candidates():
+    rows = [{"problem": p, "chosen": c == 0, "correct": ok} for p, oks in enumerate([[1, 0], [0, 0]])
+            for c, ok in enumerate(oks)]
+    values = recompute_from_generations(rows)
+    assert values["accuracy"] == 0.5 and values["pass@2"] == 0.5
+    assert values["pass@1"] == pytest.approx((pass_at_k(2, 1, 1) + pass_at_k(2, 0, 1)) / 2)  # (.5 + 0) / 2
+
+
+def test_never_started_jobs_come_from_multirun_yaml(tmp_path):
+    from omegaconf import OmegaConf
+
+    OmegaConf.save({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                          "max_batch_size": None, "params": {"algorithm": "sft,dpo"}},
+                              "overrides": {"task": ["sweeps=compare", "seed=0,1"]}}}, tmp_path / "multirun.yaml")
+    _sweep_job(tmp_path, "0_sft", "sft", "greedy", 0, [1, 0],
+               overrides=["algorithm=sft", "sweeps=compare", "seed=0"])
+    (tmp_path / "1_sft" / ".hydra").mkdir(parents=True)
+    (tmp_path / "1_sft" / ".hydra" / "overrides.yaml").write_text("- algorithm=sft\n- sweeps=compare\n- seed=1\n")
+    _, missing = collect(tmp_path)
+    assert missing_job_lines(tmp_path, missing) == [  # sweeps=compare is common to every job: not repeated
+        "`1_sft` (algorithm=sft seed=1): started, left no results.json",
+        "(algorithm=dpo seed=0): never started",
+        "(algorithm=dpo seed=1): never started"]
+
+
+def test_plots_are_drawn_or_skipped_with_a_reason(tmp_path):
+    pytest.importorskip("matplotlib")
+    _small_sweep(tmp_path)
+    main([str(tmp_path), "--resamples", "100"])
+    assert (tmp_path / "accuracy_by_method.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "accuracy_vs_beam_width.png").is_file()  # greedy = width 1, beam 4
+    assert (tmp_path / "accuracy_vs_compute.png").is_file() and not (tmp_path / "accuracy_vs_n.png").exists()
+    assert "accuracy_vs_n.png: not drawn (needs decoder=bon runs" in (tmp_path / "report.md").read_text()
+
+
+def test_without_matplotlib_the_tables_are_still_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    _sweep_job(tmp_path, "a", "sft", "greedy", 0, [1, 0])
+    assert main([str(tmp_path), "--resamples", "10"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "not drawn (needs matplotlib: pip install -e '.[report]')" in text and (tmp_path / "report.csv").is_file()
+
+
+def test_bon_curve_plot_from_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    for seed in (0, 1):
+        _sweep_job(tmp_path, f"b{seed}", "sft", "bon", seed, [1, 0], samples=[[0, 1], [0, 0]],
+                   extra={"bon_accuracy_by_n": {"1": 0.25, "2": 0.5}, "greedy_accuracy": 0.5})
+    results, missing = collect(tmp_path)
+    write_report(results, tmp_path, "t", missing, resamples=10)
+    assert (tmp_path / "accuracy_vs_n.png").read_bytes()[:4] == b"\x89PNG"
+    assert aggregate(results)[0].pass_n == (2, 0.5)
+
+
+# ---------------------------------------------------------------------------- W&B group
+class _FakeFile:
+    def __init__(self, content):
+        self.content = content
+
+    def download(self, root, replace=False):
+        path = Path(root) / "media/table/gen.table.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.content))
+        return path.open()
+
+
+class _FakeRun:
+    def __init__(self, name, seed, correct, state="finished"):
+        self.name, self.id, self.state, self.url = name, name, state, f"https://wandb.ai/e/p/runs/{name}"
+        self.config = {"algorithm": {"name": "sft"}, "decoder": {"name": "greedy", "max_new_tokens": 96},
+                       "dataset": {"name": "arith"}, "model": {"name": "tiny"}, "seed": seed}
+        self.summary_metrics = {"eval/accuracy": sum(correct) / len(correct), "eval/num_problems": len(correct),
+                        "eval/accuracy_ci_low": 0.0, "eval/accuracy_ci_high": 1.0, "eval/generated_tokens": 40,
+                        "eval/decode_seconds": 1.0, "compute/train_tokens": 500, "_runtime": 7.0,
+                        "eval/generations": {"_type": "table-file", "path": "media/table/gen.table.json"}}
+        self.table = {"columns": ["problem", "chosen", "correct"],
+                      "data": [[i, True, bool(ok)] for i, ok in enumerate(correct)]}
+
+    def file(self, path):
+        return _FakeFile(self.table)
+
+
+class _FakeApi:
+    def __init__(self, runs):
+        self._runs = runs
+
+    def runs(self, path, filters):
+        assert path == "e/p" and filters == {"group": "g"}
+        return self._runs
+
+
+def test_wandb_group_runs_become_records(tmp_path):
+    api = _FakeApi([_FakeRun("r0", 0, [1, 0, 0, 0]), _FakeRun("r1", 1, [1, 1, 0, 0]),
+                    _FakeRun("r2", 2, [0], state="crashed")])
+    results, missing = collect_wandb("g", "p", "e", api=api)
+    assert missing == ["`r2` (W&B state crashed)"]
+    assert results[0]["decoder_label"] == "greedy" and results[0]["problem_scores"] == {0: 1, 1: 0, 2: 0, 3: 0}
+    (cell,) = aggregate(results)
+    assert cell.accuracy == pytest.approx(0.375) and cell.compute["train_tokens"] == 500
+    assert cell.interval == "seeds x problems"
+
+
+def test_wandb_group_offline_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["--wandb-group", "some-sweep"]) == 2
+    assert "pass the sweep directory instead" in capsys.readouterr().err
+
+
+def test_wandb_agent_runs_are_recomposed_from_their_sweep_parameters(tmp_path):
+    """A W&B agent merges its parameters over the config: `decoder: "bon"`, `decoder.selector: ...` flat."""
+    run = _FakeRun("r0", 0, [1, 0])
+    run.config = {"algorithm": "sft", "decoder": "bon", "decoder.selector": "majority", "sweeps": "bon_vs_n",
+                  "logger.mode": "online", "seed": 0, "dataset": {"name": "arith"}, "model": {"name": "tiny"}}
+    (record,) = collect_wandb("g", "p", "e", api=_FakeApi([run]))[0]
+    # bon_vs_n sets samples_per_prompt: 32, which the agent's config no longer shows
+    assert record["decoder_label"] == "bon(samples_per_prompt=32, temperature=1.0, selector=majority)"
+    assert (record["algorithm"], record["decoder_config"]["samples_per_prompt"]) == ("sft", 32)
+
+
+def test_beam_width_one_is_the_greedy_reference_when_there_is_no_greedy_row(tmp_path):
+    _sweep_job(tmp_path, "a", "sft", "beam_1", 0, [1, 1, 0, 0])
+    _sweep_job(tmp_path, "b", "sft", "beam_4", 0, [1, 1, 1, 0])
+    width_one, width_four = aggregate(collect(tmp_path)[0], compare=False)
+    assert width_one.lift is None and width_four.lift == pytest.approx(50.0)  # 100 * (.75 - .5) / .5

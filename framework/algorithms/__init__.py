@@ -7,10 +7,11 @@ global config, only its own node (`ctx.config`).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from framework.config import ModelConfig
 from framework.data.loaders import TaskData
 from framework.models import ModelHandle, Runtime
 from framework.stages import StageStore
@@ -27,6 +28,7 @@ class AlgorithmContext:
     report_to: str  # "wandb" or "none", passed to TrainingArguments
     output_dir: Path  # this job's own directory
     log: Callable[[dict], None] = lambda metrics: None  # extra metrics to the tracker
+    model_config: ModelConfig = field(default_factory=ModelConfig)  # model-wide options: LoRA, checkpointing, attention
 
     def stage_spec(self, **extra) -> dict:
         """What determines a stage's output: the method's config, its starting model, its data, the seed."""

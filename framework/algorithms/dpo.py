@@ -29,7 +29,7 @@ from trl import DPOConfig, DPOTrainer
 from framework import registry
 from framework.algorithms import AlgorithmContext
 from framework.algorithms.sharpening import PAIR_STRATEGIES, SelfRewardSamplingConfig, build_pairs, sample_training_set
-from framework.algorithms.training import train_in_stage, trainer_arguments
+from framework.algorithms.training import peft_config, reference_model, train_in_stage, trainer_arguments
 from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
 from framework.errors import ConfigError
 from framework.models import ModelHandle
@@ -139,7 +139,8 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
         args = DPOConfig(**arguments, beta=config.beta, loss_type=["sigmoid"])
         trainer_class = SquaredSharpeningDPOTrainer if config.loss == "squared" else DPOTrainer
         # the reference is the starting model, loaded explicitly rather than guessed from a config path
-        return trainer_class(model=ctx.base.load_model(ctx.runtime), ref_model=ctx.base.load_model(ctx.runtime),
-                             args=args, train_dataset=pairs, processing_class=ctx.base.load_tokenizer())
+        return trainer_class(model=ctx.base.load_model(ctx.runtime), ref_model=reference_model(ctx, ctx.base),
+                             args=args, train_dataset=pairs, processing_class=ctx.base.load_tokenizer(),
+                             peft_config=peft_config(ctx))
 
     return train_in_stage(ctx, "dpo", ctx.stage_spec(), make_trainer)

@@ -12,6 +12,6 @@ class NoneConfig(AlgorithmConfig):
     name: str = "none"
 
 
-@registry.algorithms.register("none", NoneConfig)
+@registry.algorithms.register("none", NoneConfig, trains=False)
 def run(ctx: AlgorithmContext) -> ModelHandle:
     return ctx.base

@@ -24,7 +24,7 @@ from framework.algorithms import AlgorithmContext
 from framework.algorithms.rft import (OnEmptyConfig, RationaleSamplingConfig, RFTStageConfig, SampledQuestion,
                                       distinct_correct, normalized, nothing_to_train, rft_model, sample_rationales,
                                       stored_records)
-from framework.algorithms.training import train_in_stage, trainer_arguments
+from framework.algorithms.training import peft_config, reference_model, train_in_stage, trainer_arguments
 from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
 from framework.models import ModelHandle
 
@@ -55,10 +55,10 @@ def train_dpo_on_pairs(ctx: AlgorithmContext, kind: str, start: ModelHandle, pai
     def make_trainer(checkpoint_dir: str):
         args = DPOConfig(**trainer_arguments(config, ctx, checkpoint_dir), beta=config.beta, loss_type=["sigmoid"])
         # the reference is the starting model (the RFT model when enabled), loaded explicitly
-        return DPOTrainer(model=start.load_model(ctx.runtime), ref_model=start.load_model(ctx.runtime), args=args,
-                          train_dataset=train, processing_class=start.load_tokenizer())
+        return DPOTrainer(model=start.load_model(ctx.runtime), ref_model=reference_model(ctx, start), args=args,
+                          train_dataset=train, processing_class=start.load_tokenizer(), peft_config=peft_config(ctx))
 
-    return train_in_stage(ctx, kind, spec, make_trainer)
+    return train_in_stage(ctx, kind, spec, make_trainer, start=start)
 
 
 # ---------------------------------------------------------------------------- pairs

@@ -184,7 +184,9 @@ def sample_rationales(ctx: AlgorithmContext, config: RationaleSamplingConfig,
                 rationales.append(Rationale(candidate.text, candidate.finished, verdict.extracted, verdict.correct,
                                             candidate.num_tokens))
             questions.append(SampledQuestion(index, prompt, gold, rationales))
-        return [q.to_record() for q in questions], rationale_set_summary(questions, config.require_finished)
+        summary = rationale_set_summary(questions, config.require_finished)
+        summary["compute"] = {"generated_tokens": sum(c.num_tokens for result in decoded for c in result.candidates)}
+        return [q.to_record() for q in questions], summary
 
     records, key = stored_records(ctx, "rationales", spec, RATIONALES_FILE, compute)
     questions = [SampledQuestion.from_record(record) for record in records]

@@ -410,8 +410,9 @@ def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[Sa
         records = explore_first_pits(targets, continue_prefixes,
                                      lambda text, gold: ctx.data.checker.check(text, gold).correct,
                                      config.max_explored_steps, config.exploration_schedule)
-        return [asdict(r) for r in records], {"rationales_without_steps": without_steps,
-                                              "rollouts": sum(r.rollouts for r in records)}
+        rollouts = sum(r.rollouts for r in records)
+        return [asdict(r) for r in records], {"rationales_without_steps": without_steps, "rollouts": rollouts,
+                                              "compute": {"rollouts": rollouts}}
 
     records, key = stored_records(ctx, "exploration", spec, EXPLORATION_FILE, compute)
     return [ExplorationRecord(**record) for record in records], key

@@ -5,14 +5,14 @@
 
 TRL's SFTTrainer does all of it with prompt/completion data (`completion_only_loss=True`).
 """
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.training import train_in_stage, trainer_arguments
+from framework.algorithms.training import peft_config, train_in_stage, trainer_arguments
 from framework.config import AlgorithmConfig, TrainingConfig
 from framework.models import ModelHandle
 
@@ -29,7 +29,8 @@ def make_sft_trainer(ctx: AlgorithmContext, config: TrainingConfig, checkpoint_d
     model = ctx.base.load_model(ctx.runtime)
     args = SFTConfig(**trainer_arguments(config, ctx, checkpoint_dir), completion_only_loss=True)
     train = (ctx.data.train if train is None else train).select_columns(["prompt", "completion"])
-    return trainer_class(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    return trainer_class(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                         peft_config=peft_config(ctx))
 
 
 @registry.algorithms.register("sft", SFTAlgorithmConfig)
@@ -39,6 +40,9 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
 
 
 def default_sft_model(ctx: AlgorithmContext) -> ModelHandle:
-    """`algorithm=sft` with its default keys from `ctx.base` on `ctx.data`: the same stage key as an
-    `algorithm=sft` job (conf/algorithm/sft.yaml equals these defaults, checked by a test)."""
-    return run(replace(ctx, config=SFTAlgorithmConfig()))
+    """SFT from `ctx.base` on `ctx.data` with the method's `sft` keys (default: algorithm=sft's defaults):
+    the same stage key as an `algorithm=sft` job with equal keys (conf/algorithm/sft.yaml equals the
+    defaults, checked by a test), so a sweep trains it once."""
+    keys = getattr(ctx.config, "sft", None)
+    config = SFTAlgorithmConfig(**asdict(keys)) if keys is not None else SFTAlgorithmConfig()
+    return run(replace(ctx, config=config))

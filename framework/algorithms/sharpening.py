@@ -143,7 +143,9 @@ def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig)
             with (output / SAMPLES_FILE).open("w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            stage.commit(sampled_set_summary([SampledPrompt.from_record(r) for r in records]))
+            summary = sampled_set_summary([SampledPrompt.from_record(r) for r in records])
+            summary["compute"] = {"generated_tokens": sum(c.num_tokens for result in decoded for c in result.candidates)}
+            stage.commit(summary)
         with (stage.output / SAMPLES_FILE).open(encoding="utf-8") as handle:
             sampled = [SampledPrompt.from_record(json.loads(line)) for line in handle]
     ctx.log({f"samples/{key}": value for key, value in sampled_set_summary(sampled).items()})

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -21,6 +22,11 @@ from framework.config import TrainingConfig
 from framework.models import ModelHandle
 
 log = logging.getLogger(__name__)
+
+
+# transformers >= 5.x renamed gradient_checkpointing (kept as a deprecated alias that warns when set)
+CHECKPOINTING_KEY = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                     else "gradient_checkpointing")
 
 
 def trainer_arguments(config: TrainingConfig, ctx: AlgorithmContext, checkpoint_dir: str) -> dict:
@@ -36,7 +42,7 @@ def trainer_arguments(config: TrainingConfig, ctx: AlgorithmContext, checkpoint_
         "warmup_steps": config.warmup_ratio,  # transformers 5 takes a ratio here when the value is < 1
         "weight_decay": config.weight_decay,
         "max_grad_norm": config.max_grad_norm,
-        "gradient_checkpointing": config.gradient_checkpointing,  # TRL turns it on by default; we do not
+        CHECKPOINTING_KEY: ctx.model_config.gradient_checkpointing,  # TRL's default is on; ours is off
         "max_length": config.max_length,
         "logging_steps": config.logging_steps,
         "save_strategy": "steps",
@@ -71,9 +77,34 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     return None
 
 
-def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: Callable[[str], object]) -> ModelHandle:
-    """Run `make_trainer(checkpoint_dir).train()` once per spec, resuming, and store the trained model."""
-    with ctx.stages.open(kind, spec) as stage:
+def peft_config(ctx: AlgorithmContext):
+    """The `peft.LoraConfig` every trainer gets when `model.lora.enabled`, else None (full fine-tuning)."""
+    lora = ctx.model_config.lora
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    modules = list(lora.target_modules)
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                      target_modules=modules[0] if modules == ["all-linear"] else modules)
+
+
+def reference_model(ctx: AlgorithmContext, start: ModelHandle):
+    """The frozen reference of a DPO-style trainer: a second copy of `start`, or None under LoRA, where
+    TRL scores the reference by switching the adapter off (one model in memory instead of two)."""
+    return None if ctx.model_config.lora.enabled else start.load_model(ctx.runtime)
+
+
+def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: Callable[[str], object],
+                   start: ModelHandle | None = None) -> ModelHandle:
+    """Run `make_trainer(checkpoint_dir).train()` once per spec, resuming, and store the trained model.
+
+    `start` is the model the trainer starts from (default `ctx.base`); an adapter-only LoRA stage is
+    loaded on top of it later."""
+    start = start or ctx.base
+    if (lora := ctx.model_config.lora.spec()) is not None:
+        spec = {**spec, "lora": lora}  # absent when off, so full fine-tuning keys do not change
+    with ctx.stages.open(kind, spec, collective=True) as stage:  # every process trains (DDP/DeepSpeed/FSDP)
         if stage.done:
             log.info("reusing %s model %s (stages.reuse=false retrains)", kind, stage.output)
         else:
@@ -83,7 +114,27 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
                 log.info("resuming %s from %s", kind, last)
             result = trainer.train(resume_from_checkpoint=last)
             output = stage.new_output_dir()
-            trainer.save_model(str(output))
-            trainer.processing_class.save_pretrained(str(output))
-            stage.commit({"global_step": result.global_step, "train_metrics": result.metrics})
-    return ModelHandle(str(stage.output), {"stage": kind, "key": stage.key})
+            save_trained_model(trainer, output, ctx.model_config.lora.checkpoint)
+            # TRL's SFT/DPO trainers (and SOC, XPO here) count non-padding tokens; since the last resume
+            tokens = getattr(trainer, "_total_train_tokens", None)
+            stage.commit({"global_step": result.global_step, "train_metrics": result.metrics,
+                          "compute": {"train_tokens": tokens, "train_seconds": result.metrics.get("train_runtime")}})
+    adapter_only = lora is not None and ctx.model_config.lora.checkpoint == "adapter"
+    return ModelHandle(str(stage.output), {"stage": kind, "key": stage.key}, ctx.model_config.load_options(),
+                       adapter_base=start if adapter_only else None)
+
+
+def save_trained_model(trainer, output: Path, lora_checkpoint: str) -> None:
+    """Full weights (LoRA folded in when `merged`), or the adapter alone; the tokenizer beside them.
+
+    `trainer.save_model` runs on every rank (it gathers sharded DeepSpeed/FSDP weights and writes on the
+    main process); the LoRA merge is a local operation on the main process's full copy."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    main = trainer.accelerator.is_main_process
+    if hasattr(model, "merge_and_unload") and lora_checkpoint == "merged":
+        if main:
+            model.merge_and_unload().save_pretrained(str(output))  # merges in place: training is over
+    else:
+        trainer.save_model(str(output))  # a PeftModel saves its adapter only
+    if main:
+        trainer.processing_class.save_pretrained(str(output))

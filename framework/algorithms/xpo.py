@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,7 +46,7 @@ with warnings.catch_warnings():  # importing trl.experimental warns once per pro
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.training import train_in_stage, trainer_arguments
+from framework.algorithms.training import peft_config, train_in_stage, trainer_arguments
 from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
 from framework.models import ModelHandle
 
@@ -176,8 +177,6 @@ class XPOTrainer(OnlineDPOTrainer):
 
     def __init__(self, *args, alpha: Sequence[float], **kwargs):
         super().__init__(*args, **kwargs)
-        if self.ref_model is None:  # OnlineDPO drops the copy under PEFT; XPO samples from pi_base
-            raise ValueError("XPOTrainer needs a reference model (PEFT adapters are not supported)")
         self.alpha = list(alpha)
         # every key must get a value each step: OnlineDPO's logging averages every list it holds
         self.stats = {key: [] for key in STAT_KEYS}
@@ -203,6 +202,16 @@ class XPOTrainer(OnlineDPOTrainer):
                                         generation_config=self.generation_config)
         return truncate_right(output[:, prompt_ids.size(1):], self.eos_token_ids, self._tokenizer.pad_token_id)
 
+    @contextmanager
+    def _reference(self, model):
+        """pi_base: the frozen copy, or under LoRA (where OnlineDPO keeps no copy) the policy with its
+        adapter switched off, for both sampling y~ and scoring."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                yield model
+
     def _pad_right(self, ids: torch.Tensor, mask: torch.Tensor, width: int):
         extra = width - ids.size(1)
         return F.pad(ids, (0, extra), value=self._tokenizer.pad_token_id), F.pad(mask, (0, extra), value=0)
@@ -218,7 +227,8 @@ class XPOTrainer(OnlineDPOTrainer):
         prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
 
         policy_ids, policy_mask = self._sample(model, prompt_ids, prompt_mask)  # y ~ pi
-        ref_ids, ref_mask = self._sample(self.ref_model, prompt_ids, prompt_mask)  # y~ ~ pi_base
+        with self._reference(model) as reference:
+            ref_ids, ref_mask = self._sample(reference, prompt_ids, prompt_mask)  # y~ ~ pi_base
         width = max(policy_ids.size(1), ref_ids.size(1))
         policy_ids, policy_mask = self._pad_right(policy_ids, policy_mask, width)
         ref_ids, ref_mask = self._pad_right(ref_ids, ref_mask, width)
@@ -226,10 +236,13 @@ class XPOTrainer(OnlineDPOTrainer):
         completion_ids = torch.cat([policy_ids, ref_ids])
         completion_mask = torch.cat([policy_mask, ref_mask])
         both_prompt_ids, both_prompt_mask = prompt_ids.repeat(2, 1), prompt_mask.repeat(2, 1)
+        # non-padding tokens of both forward passes' inputs, as TRL's SFT/DPO trainers count theirs
+        step_tokens = self.accelerator.gather_for_metrics(both_prompt_mask.sum() + completion_mask.sum()).sum().item()
+        self._total_train_tokens = getattr(self, "_total_train_tokens", 0) + step_tokens
 
         token_logps = self._forward(model, both_prompt_ids, both_prompt_mask, completion_ids, completion_mask)
-        with torch.no_grad():
-            ref_token_logps = self._forward(self.ref_model, both_prompt_ids, both_prompt_mask, completion_ids,
+        with torch.no_grad(), self._reference(model) as reference:
+            ref_token_logps = self._forward(reference, both_prompt_ids, both_prompt_mask, completion_ids,
                                             completion_mask)
         valid = completion_mask.bool()
         logps = (token_logps * valid).sum(1)
@@ -298,7 +311,7 @@ def make_xpo_trainer(ctx: AlgorithmContext, config: XPOConfig, checkpoint_dir: s
     )
     train = Dataset.from_dict({"prompt": list(ctx.data.train["prompt"])})  # prompts only, whatever else is there
     return XPOTrainer(model=model, reward_funcs=SelfReward(config.self_reward), args=args, train_dataset=train,
-                      processing_class=tokenizer, alpha=config.alpha)
+                      processing_class=tokenizer, alpha=config.alpha, peft_config=peft_config(ctx))
 
 
 @registry.algorithms.register("xpo", XPOConfig, label_free=True)

@@ -1,18 +1,21 @@
 """Dataset plugins: each turns its config node into train/test `datasets.Dataset`s with the columns
 
     question     the problem text
-    prompt       the question rendered with `prompt_template` (what the model sees)
-    completion   the demonstration (a worked solution ending in its final answer)
-    gold_answer  the normalised final answer, used by evaluation (and by methods allowed labels)
+    prompt       what the model sees: the question in the dataset's prompt format (for chat, the user
+                 message until `TaskData.render_prompts` applies the model's chat template)
+    completion   the demonstration (a worked solution ending in its final answer); absent when the rows
+                 have none (GAOKAO)
+    gold_answer  the final answer, used by evaluation (and by methods allowed labels)
 
 plus the answer checker evaluation uses and a fingerprint of everything that determines the rows.
+This module holds TaskData and the embedded arith task; benchmarks.py the real benchmarks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from datasets import Dataset
@@ -20,7 +23,7 @@ from datasets import Dataset
 from framework import registry
 from framework.config import DatasetConfig, require
 from framework.data import arith
-from framework.data.answers import NumericAnswerChecker
+from framework.data.answers import AnswerChecker, NumericAnswerChecker
 from framework.errors import ConfigError
 
 SPLITS = ("train", "test")
@@ -28,18 +31,41 @@ SPLITS = ("train", "test")
 
 @dataclass
 class TaskData:
-    train: Dataset
+    train: Dataset  # may be empty (evaluation-only datasets), with the same columns
     test: Dataset
-    checker: NumericAnswerChecker
+    checker: AnswerChecker
     fingerprint: dict = field(default_factory=dict)  # determines the rows; part of every stage key
+    # zero_shot | few_shot: `prompt` is the final text. chat: `prompt` holds the user message until
+    # `render_prompts(tokenizer)` wraps it in the model's chat template (the loader has no tokenizer).
+    prompt_format: str = "zero_shot"
+    system_prompt: str | None = None  # chat only: an optional system turn before the user message
+    chat_rendered: bool = False  # render_prompts has run (it is idempotent)
 
     UNLABELLED_COLUMNS = ("question", "prompt")
+
+    @property
+    def has_demonstrations(self) -> bool:
+        """Whether the training split carries worked solutions (`completion`) to train on."""
+        return "completion" in self.train.column_names
 
     def without_labels(self) -> "TaskData":
         """The same problems with gold answers and demonstrations removed, for label-free methods."""
         keep = lambda split: split.select_columns([c for c in self.UNLABELLED_COLUMNS if c in split.column_names])
-        return TaskData(train=keep(self.train), test=keep(self.test), checker=self.checker,
-                        fingerprint=self.fingerprint)
+        return replace(self, train=keep(self.train), test=keep(self.test))
+
+    def render_prompts(self, tokenizer) -> "TaskData":
+        """For prompt_format=chat: every `prompt` becomes the model's chat-template text of
+        [system turn,] user turn + the generation prompt. A no-op for the other formats and when done."""
+        if self.prompt_format != "chat" or self.chat_rendered:
+            return self
+        from framework.data.prompts import chat_renderer
+
+        render = chat_renderer(tokenizer, self.system_prompt)  # ConfigError without a chat template
+        swap = lambda split: split.remove_columns("prompt").add_column("prompt", [render(p) for p in split["prompt"]])
+        fingerprint = {**self.fingerprint, "chat_template": hashlib.sha256(
+            tokenizer.chat_template.encode("utf-8")).hexdigest()[:16]}
+        return replace(self, train=swap(self.train), test=swap(self.test), fingerprint=fingerprint,
+                       chat_rendered=True)
 
 
 def _rows_to_dataset(rows: list[dict], template: str, checker, where: str) -> Dataset:
@@ -154,30 +180,6 @@ def load_arith(config: ArithDatasetConfig) -> TaskData:
     return TaskData(data["train"], data["test"], checker, fingerprint)
 
 
-# ---------------------------------------------------------------------------- GSM8K
-@dataclass
-class GSM8KDatasetConfig(DatasetConfig):
-    name: str = "gsm8k"
-    hub_name: str = "openai/gsm8k"  # used when `path` is null (needs network or the HF cache)
-    hub_config: str = "main"
-    prompt_template: str = "Question: {question}\nAnswer:"
-
-
-@registry.datasets.register("gsm8k", GSM8KDatasetConfig)
-def load_gsm8k(config: GSM8KDatasetConfig) -> TaskData:
-    checker = NumericAnswerChecker()
-    if config.path:
-        return load_local_gsm8k_format(config, checker)
-    from datasets import load_dataset
-
-    try:
-        hub = load_dataset(config.hub_name, config.hub_config)
-    except Exception as error:  # offline, missing, renamed: all mean the same to the user
-        raise ConfigError(f"dataset.hub_name: could not load {config.hub_name!r} from the Hugging Face hub "
-                          f"({type(error).__name__}); offline? set dataset.path to a local copy") from None
-    data = {split: _rows_to_dataset(_limit(list(hub[split]), getattr(config, f"{split}_size")),
-                                    config.prompt_template, checker, lambda i, s=split: f"{config.hub_name} {s} row {i}")
-            for split in SPLITS}
-    return TaskData(data["train"], data["test"], checker,
-                    {"hub": config.hub_name, "config": config.hub_config, "train_size": config.train_size,
-                     "test_size": config.test_size, "prompt_template": config.prompt_template})
+# The benchmark options (gsm8k, math, math500, gaokao2023en, prontoqa) register themselves on import;
+# imported here, after TaskData exists, so that loading this module registers every dataset.
+from framework.data import benchmarks  # noqa: E402,F401
