@@ -248,3 +248,14 @@ def test_a_chat_template_that_refuses_a_system_turn_is_a_config_error():
     with pytest.raises(ConfigError, match=r"chat template failed on \['system', 'user'\] turns .*no system role"):
         chat_renderer(tokenizer, "Be brief.")("hi")
     assert chat_renderer(tokenizer, None)("hi") == "hi"
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "dpo"])
+def test_training_on_an_evaluation_only_dataset_is_refused_before_any_model_is_built(compose_cfg, tmp_path, algorithm):
+    from framework.__main__ import run
+
+    cfg = compose_cfg([f"algorithm={algorithm}", "dataset=gaokao2023en", f"dataset.path={GAOKAO}", "logger=none"],
+                      tmp_path / "cache")
+    with pytest.raises(ConfigError, match=f"algorithm={algorithm} trains, but dataset=gaokao2023en has no training"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists()  # nothing built, nothing trained
