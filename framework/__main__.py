@@ -59,8 +59,6 @@ def _versions() -> dict:
 def _hardware(runtime) -> dict:
     import torch
 
-    from framework import distributed
-
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "processes": distributed.world_size(),
             "device": runtime.device, "precision": runtime.precision}
@@ -99,7 +97,7 @@ def _check_training_data(settings, algorithm, data) -> None:
 def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, list[dict], bool]:
     """Decode and score the test split: a stage keyed by the policy, the decoder, the data and the seed,
     so a rerun of a job (or of a whole sweep) reuses its evaluation. Returns (metrics, records, reused)."""
-    from framework import distributed, evaluation
+    from framework import evaluation
     from framework.decoding import teacher_forced_logprobs
 
     spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
