@@ -36,12 +36,18 @@ LABEL_KEYS = {"sample": ("samples_per_prompt", "temperature"), "beam": ("num_bea
               "bon": ("selector", "samples_per_prompt", "temperature")}
 
 
+# Keys that do not change which outputs are chosen (batching, memory, the extra greedy pass and the Monte-Carlo
+# draws of best-of-N's reference curve): left out of decoder labels.
+LABEL_OMITS = ("name", "max_new_tokens", "prompts_per_batch", "gpu_memory_utilization", "greedy_reference",
+               "curve_draws")
+
+
 def _describe_decoder(decoder) -> str:
     """A short label for tables and run names: `bon(selector=logprob, samples_per_prompt=16, temperature=1.0)`."""
     defaults = type(decoder)()
     always = LABEL_KEYS.get(decoder.name, ())
     interesting = {key: value for key, value in vars(decoder).items()
-                   if key not in ("name", "max_new_tokens", "prompts_per_batch", "gpu_memory_utilization")
+                   if key not in LABEL_OMITS
                    and (key in always or value != getattr(defaults, key, None))}
     return decoder.name + (f"({', '.join(f'{k}={v}' for k, v in interesting.items())})" if interesting else "")
 
@@ -95,13 +101,16 @@ def _check_training_data(settings, algorithm, data) -> None:
 
 
 def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, list[dict], bool]:
-    """Decode and score the test split: a stage keyed by the policy, the decoder, the data and the seed,
-    so a rerun of a job (or of a whole sweep) reuses its evaluation. Returns (metrics, records, reused)."""
+    """Decode and score the test split: a stage keyed by the policy, the decoder, the data and (for
+    decoders that sample) the seed, so a rerun of a job (or of a whole sweep) reuses its evaluation. Returns (metrics, records, reused)."""
     from framework import evaluation
     from framework.decoding import teacher_forced_logprobs
 
+    # Greedy and beam decoding draw no random numbers: their evaluation of a model is one entry for every
+    # seed (the untrained `none` model is the same model under every seed, so its seeds share it).
+    samples = decoder.generation_kwargs().get("do_sample", False)
     spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
-            "seed": settings.seed, "diagnostics": settings.evaluation.diagnostics}
+            "seed": settings.seed if samples else None, "diagnostics": settings.evaluation.diagnostics}
     with distributed.main_process_alone(), stages.open("evaluation", spec) as stage:
         reused = stage.done
         if not reused:

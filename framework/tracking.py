@@ -15,6 +15,11 @@ from framework.config import LoggerConfig, WandbLoggerConfig
 
 log = logging.getLogger(__name__)
 
+# W&B records the installed packages with each run by scanning every distribution's metadata (~0.3 s).
+# Jobs of one multirun share the interpreter, so the first run of a process records them and the
+# others skip the scan.
+_packages_recorded = False
+
 
 class NullTracker:
     report_to = "none"
@@ -40,13 +45,16 @@ class WandbTracker(NullTracker):
                  group: str | None, job_type: str):
         import wandb
 
+        global _packages_recorded
         self.config = config
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(
             project=config.project, entity=config.entity, group=config.group or group, name=run_name,
             job_type=job_type, tags=list(config.tags), config=resolved_config, dir=str(output_dir),
             mode=config.mode, reinit="finish_previous",
+            settings=wandb.Settings(x_save_requirements=not _packages_recorded),
         )
+        _packages_recorded = True
         self.run_path = str(getattr(self.run, "dir", "") or "")
         if config.mode == "offline":
             log.info("W&B run written offline under %s; upload later with `wandb sync %s/wandb/offline-run-*`",

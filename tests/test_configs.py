@@ -25,6 +25,35 @@ def test_every_option_composes_and_validates(compose_cfg, group_option):
     assert getattr(run, group).name in (option, "hf")  # presets of `hf` keep its name
 
 
+BUDGETS = options("budget")
+
+
+def test_budget_files_name_an_existing_budget_and_option():
+    """conf/budget_<group>/<budget>_<option>.yaml is picked by name: a misspelt file would silently not apply."""
+    files = [path for group in GROUPS for path in (Path(CONF_DIR) / f"budget_{group}").glob("*.yaml")]
+    assert files, "no budget files"
+    for path in files:
+        group = path.parent.name.removeprefix("budget_")
+        budget, option = next(((b, path.stem[len(b) + 1:]) for b in BUDGETS if path.stem.startswith(f"{b}_")),
+                              (None, None))
+        assert budget is not None and option in options(group), f"{path}: no budget/option {path.stem!r}"
+
+
+def test_headline_budget_changes_only_what_it_says(compose_cfg):
+    plain = OmegaConf.to_container(compose_cfg(["algorithm=dpo", "decoder=bon"]))
+    headline = OmegaConf.to_container(compose_cfg(["budget=headline", "algorithm=dpo", "decoder=bon"]))
+    assert headline["dataset"] == {**plain["dataset"], "test_size": 100}
+    assert headline["model"] == {**plain["model"], "pretrain_steps": 300}
+    assert headline["decoder"] == {**plain["decoder"], "samples_per_prompt": 4, "prompts_per_batch": 32,
+                                   "greedy_reference": False}
+    assert compose_cfg(["budget=headline", "decoder=beam"]).decoder.num_beams == 4
+    assert headline["algorithm"]["samples_per_prompt"] == 4 == headline["decoder"]["samples_per_prompt"]
+    assert headline["algorithm"]["sft"]["max_steps"] == 200 != plain["algorithm"]["sft"]["max_steps"]
+    # a model without a headline file keeps its own keys
+    hf = ["model=hf", "model.name_or_path=/some/local/dir"]
+    assert compose_cfg(["budget=headline", *hf]).model == compose_cfg(hf).model
+
+
 SWEEPS = sorted(path.stem for path in (Path(CONF_DIR).parent / "sweeps").glob("*.yaml"))
 
 

@@ -108,6 +108,20 @@ def test_a_rerun_reuses_the_evaluation_and_counts_every_stage_of_the_model(compo
         candidate["num_tokens"] for record in samples for candidate in record["candidates"])
 
 
+def test_seeds_share_deterministic_evaluations_of_one_model(compose_cfg, tmp_path):
+    """The untrained model under another seed is the same model: greedy and beam reuse the first seed's
+    evaluation; a sampling decoder draws again."""
+    cache = tmp_path / "cache"
+    for decoder, reused in (["decoder=greedy"], True), (["decoder=beam", "decoder.num_beams=2"], True), \
+                           (["decoder=sample", "decoder.samples_per_prompt=2"], False):
+        overrides = [*_overrides("none"), *decoder]
+        first = run(compose_cfg([*overrides, "seed=0"], cache), tmp_path / f"{decoder[0]}-0")
+        second = run(compose_cfg([*overrides, "seed=1"], cache), tmp_path / f"{decoder[0]}-1")
+        assert not first["evaluation_reused"] and second["evaluation_reused"] is reused, decoder
+        if reused:
+            assert first["metrics"] == second["metrics"]
+
+
 def test_wandb_offline_run_is_written(compose_cfg, shared_cache, tmp_path):
     overrides = [*_overrides("none"), "logger=wandb", "logger.mode=offline"]
     run(compose_cfg(overrides, shared_cache), tmp_path)
@@ -148,14 +162,21 @@ def test_sft_starting_point_trains_the_sft_stage_once_and_shares_it(compose_cfg,
     assert sharpened["policy"]["stage"] == "bon_sft"
 
 
-def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg):
+@pytest.mark.parametrize("budget", ["default", "headline"])
+def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg, budget):
+    """Under each budget, algorithm=sft and every method's SFT warm start have equal keys (one shared SFT
+    model per seed), and SOC trains with SFT's keys (the two differ only in the loss)."""
     from framework.algorithms.sft import SFTAlgorithmConfig
-    from framework.config import to_validated
+    from framework.config import TrainingConfig, to_validated
 
-    from dataclasses import asdict
+    from dataclasses import asdict, fields
 
-    sft_job = to_validated(compose_cfg(["algorithm=sft"])).algorithm
-    assert sft_job == SFTAlgorithmConfig()
+    sft_job = to_validated(compose_cfg([f"budget={budget}", "algorithm=sft"])).algorithm
+    if budget == "default":
+        assert sft_job == SFTAlgorithmConfig()
     for method in ("bon_sft", "dpo", "xpo", "rft", "outcome_dpo", "self_explore"):  # their default warm start
-        warm_start = to_validated(compose_cfg([f"algorithm={method}"])).algorithm.sft
+        warm_start = to_validated(compose_cfg([f"budget={budget}", f"algorithm={method}"])).algorithm.sft
         assert {"name": "sft", **asdict(warm_start)} == asdict(sft_job), method
+    soc = to_validated(compose_cfg([f"budget={budget}", "algorithm=soc"])).algorithm
+    for field in fields(TrainingConfig):
+        assert getattr(soc, field.name) == getattr(sft_job, field.name), field.name
