@@ -182,6 +182,14 @@ def _scale(axes, values: list[float]) -> None:
         axes.set_xscale("symlog", linthresh=min(positive)) if len(positive) < len(values) else axes.set_xscale("log")
 
 
+def _compact(value: float, _position=None) -> str:
+    """Tick label 150k / 1.2M: token counts written out in full overlap on the axis."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:g}"
+
+
 def _tokens_per_problem(cell) -> float:
     """Output tokens per problem; beam search carries num_beams hypotheses, so its kept output's length
     times the width estimates what it generated."""
@@ -190,6 +198,8 @@ def _tokens_per_problem(cell) -> float:
 
 
 def vs_compute(cells: list, path: Path, title: str) -> str | None:
+    from matplotlib.ticker import FuncFormatter
+
     if not cells:
         return "no results"
     by_tokens = all(c.compute.get("train_tokens") is not None for c in cells)
@@ -209,12 +219,15 @@ def vs_compute(cells: list, path: Path, title: str) -> str | None:
                           marker=MARKERS.get(cell.decoder, "x"), color=colors[cell.algorithm], alpha=0.8,
                           elinewidth=0.8)
         _scale(axes, [x_of(c) for c in chosen])
+        axes.xaxis.set_major_formatter(FuncFormatter(_compact))
         axes.set_xlabel(label)
         axes.set_ylabel("accuracy % (95% CI)")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=color, marker="o", linestyle="none", label=name) for name, color in colors.items()]
-    handles += [Line2D([], [], color="grey", marker=MARKERS.get(d, "x"), linestyle="none", label=d)
+    # decoders as hollow black markers: a grey one would read as a method's colour
+    handles += [Line2D([], [], color="black", markerfacecolor="none", marker=MARKERS.get(d, "x"), linestyle="none",
+                       label=d)
                 for d in dict.fromkeys(c.decoder for c in cells)]
     right.legend(handles=handles, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.suptitle(f"Accuracy vs compute ({title})")
