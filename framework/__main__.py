@@ -24,7 +24,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from framework import __version__, distributed, registry, tracking  # noqa: E402
-from framework.config import to_validated  # noqa: E402
+from framework.config import GROUP_BASES, to_validated  # noqa: E402
 from framework.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("framework")
@@ -102,15 +102,16 @@ def _check_training_data(settings, algorithm, data) -> None:
 
 def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, list[dict], bool]:
     """Decode and score the test split: a stage keyed by the policy, the decoder, the data and (for
-    decoders that sample) the seed, so a rerun of a job (or of a whole sweep) reuses its evaluation. Returns (metrics, records, reused)."""
+    decoders that sample) the seed, so a rerun of a job (or of a whole sweep) reuses its evaluation.
+    Returns (metrics, records, reused)."""
     from framework import evaluation
     from framework.decoding import teacher_forced_logprobs
 
     # Greedy and beam decoding draw no random numbers: their evaluation of a model is one entry for every
     # seed (the untrained `none` model is the same model under every seed, so its seeds share it).
-    samples = decoder.generation_kwargs().get("do_sample", False)
+    draws_samples = decoder.generation_kwargs().get("do_sample", False)
     spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
-            "seed": settings.seed if samples else None, "diagnostics": settings.evaluation.diagnostics}
+            "seed": settings.seed if draws_samples else None, "diagnostics": settings.evaluation.diagnostics}
     with distributed.main_process_alone(), stages.open("evaluation", spec) as stage:
         reused = stage.done
         if not reused:
@@ -241,7 +242,19 @@ def hydra_entry(cfg: DictConfig) -> float:
         sys.exit(2)
 
 
+def _refuse_emptied_groups(arguments: list[str]) -> None:
+    """Every run needs one option per group. Hydra answers `decoder=null` or `~decoder` with a traceback
+    (the defaults list interpolates the chosen options), so say it in one line instead."""
+    for argument in arguments:
+        key, _, value = argument.lstrip("~").partition("=")
+        if key in (*GROUP_BASES, "budget") and (argument.startswith("~") or value == "null"):
+            print(f"error: {key} needs an option (got {argument!r}); `python -m framework --help` lists them",
+                  file=sys.stderr)
+            sys.exit(2)
+
+
 def main() -> None:
+    _refuse_emptied_groups(sys.argv[1:])
     registry.load_plugins()  # registers every schema in the ConfigStore before Hydra composes
     hydra_entry()
 

@@ -62,6 +62,8 @@ class TrainingConfig(Validated):
     def checks(self, prefix: str) -> None:
         require(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"{prefix}.learning_rate",
                 "must be a positive number", self.learning_rate)
+        require(self.max_steps == -1 or self.max_steps >= 1, f"{prefix}.max_steps",
+                "must be >= 1, or -1 to train num_train_epochs", self.max_steps)
         require(self.max_steps > 0 or self.num_train_epochs > 0, f"{prefix}.max_steps",
                 "or num_train_epochs must be positive", self.max_steps)
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",

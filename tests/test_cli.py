@@ -30,6 +30,9 @@ def _bad_rows(tmp_path):
 
 @pytest.mark.parametrize("case, overrides, expected", [
     ("unknown algorithm", ["algorithm=nope"], "Could not find 'algorithm/nope'"),
+    ("unknown budget", ["budget=fast"], "Could not find 'budget/fast'"),
+    ("emptied group", ["budget=null"], "error: budget needs an option (got 'budget=null')"),
+    ("deleted group", ["~decoder"], "error: decoder needs an option (got '~decoder')"),
     ("beam width 0", ["decoder=beam", "decoder.num_beams=0"], "decoder.num_beams must be >= 1"),
     ("negative temperature", ["decoder=sample", "decoder.temperature=-1"], "decoder.temperature must be > 0"),
     ("string for a number", ["algorithm.learning_rate=fast"], "learning_rate"),

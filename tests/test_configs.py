@@ -86,6 +86,8 @@ def _sweep_params(sweep):
     (["decoder.max_new_tokens=0"], "decoder.max_new_tokens"),
     (["algorithm.learning_rate=-1"], "algorithm.learning_rate"),
     (["algorithm.per_device_train_batch_size=0"], "algorithm.per_device_train_batch_size"),
+    (["algorithm.max_steps=-5"], "algorithm.max_steps"),
+    (["budget=headline", "algorithm=dpo", "algorithm.sft.max_steps=0"], "algorithm.sft.max_steps"),
     (["dataset.min_steps=5", "dataset.max_steps=2"], "dataset.min_steps"),
     (["dataset.operations=[add,pow]"], "dataset.operations"),
     (["dataset.value_max=5000"], "dataset.value_max"),
@@ -103,6 +105,7 @@ def test_impossible_values_raise_config_error_naming_the_key(compose_cfg, overri
 
 @pytest.mark.parametrize("overrides, fragment", [
     (["algorithm=nope"], "algorithm/nope"),
+    (["budget=fast"], "budget/fast"),
     (["decoder=beam", "decoder.num_beams=abc"], "num_beams"),
     (["decoder.temperature=0.5"], "temperature"),  # greedy has no temperature
     (["algorithm.learning_rat=0.1"], "learning_rat"),
