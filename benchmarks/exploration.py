@@ -40,7 +40,7 @@ def main() -> None:
     import torch
 
     from framework import registry
-    from framework.algorithms.rft import Rationale, SampledQuestion
+    from framework.algorithms.rationales import Rationale, SampledQuestion
     from framework.algorithms.self_explore import (ExplorationConfig, SelfExploreConfig, explore_first_pits,
                                                    exploration_targets, sampling_explorer)
     from framework.data.loaders import ArithDatasetConfig
@@ -64,8 +64,8 @@ def main() -> None:
         questions.append(SampledQuestion(index, prompt, gold, [
             Rationale(c.text, c.finished, None, data.checker.check(c.text, gold).correct, c.num_tokens)
             for c in result.candidates]))
-    config = SelfExploreConfig()
-    targets = exploration_targets(questions, config)[0][: args.rationales]
+    config = SelfExploreConfig(explored_rationales="all_incorrect")  # the timing needs targets, not outcome pairs
+    targets = exploration_targets(questions, config, [])[0][: args.rationales]
     is_correct = lambda text, gold: data.checker.check(text, gold).correct  # noqa: E731
 
     def explorer():

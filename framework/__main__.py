@@ -8,12 +8,14 @@ launcher knows no algorithm, dataset, decoder or model by name: it looks each up
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import platform
 import sys
 import time
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 # Before any Hugging Face import: no telemetry pings (TRL sends one per trainer) on offline machines.
@@ -24,7 +26,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from framework import __version__, distributed, registry, tracking  # noqa: E402
-from framework.config import GROUP_BASES, to_validated  # noqa: E402
+from framework.config import GROUP_BASES, to_validated, unknown_key_message  # noqa: E402
 from framework.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("framework")
@@ -112,7 +114,9 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
     draws_samples = decoder.generation_kwargs().get("do_sample", False)
     spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
             "seed": settings.seed if draws_samples else None, "diagnostics": settings.evaluation.diagnostics}
-    with distributed.main_process_alone(), stages.open("evaluation", spec) as stage:
+    # the code that decodes and scores: this glue, the evaluation module, the decoder's and the checker's
+    code = ("framework.__main__", "framework.evaluation", type(decoder).__module__, type(data.checker).__module__)
+    with distributed.main_process_alone(), stages.open("evaluation", spec, code=code) as stage:
         reused = stage.done
         if not reused:
             decoded_at = time.time()
@@ -159,7 +163,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     from transformers import set_seed
 
     from framework import evaluation
-    from framework.algorithms import AlgorithmContext, starting_context
+    from framework.algorithms import AlgorithmContext
+    from framework.algorithms.starting import starting_context
     from framework.models import resolve_runtime
     from framework.stages import StageStore
 
@@ -205,7 +210,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         compute = _compute_spent(stages.compute_ledger())
         evaluation.write_jsonl(output_dir / "generations.jsonl", records)
         results = {
-            "algorithm": settings.algorithm.name, "decoder": settings.decoder.name,
+            "algorithm": settings.algorithm.name, "algorithm_config": resolved["algorithm"],
+            "decoder": settings.decoder.name,
             "decoder_label": _describe_decoder(settings.decoder), "decoder_config": vars(settings.decoder),
             "dataset": settings.dataset.name,
             "model": settings.model.name, "seed": settings.seed, "metrics": metrics,
@@ -253,10 +259,71 @@ def _refuse_emptied_groups(arguments: list[str]) -> None:
             sys.exit(2)
 
 
+def _raised_in_job(error: BaseException) -> bool:
+    """Whether `error` came out of a job's own code (a bug, to show with its traceback) rather than out of
+    Hydra composing a config: the task function's frame is on its traceback."""
+    task_code = inspect.unwrap(hydra_entry).__code__
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is task_code:
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def _one_line(text: str) -> str:
+    """Hydra's message without its search-path listing, on one line."""
+    return " ".join(line.strip() for line in text.split("Config search path:")[0].splitlines() if line.strip())
+
+
+def composition_error_line(error: Exception) -> str:
+    """One line for what Hydra refuses while composing: an unknown option, an unknown key, a wrong type,
+    an override it cannot parse."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    cause = error.__cause__
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        available = [name for name in error.options if not name.endswith("_schema")]  # building blocks, not options
+        return f"{group}={option}: no such option; available: {', '.join(available)}"
+    if isinstance(error, OverrideParseException):
+        return f"{error.override}: cannot parse this override ({_one_line(error.message)})"
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        schema = getattr(cause, "object_type", None)
+        known = {item.name for item in fields(schema)} if is_dataclass(schema) else None
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and known is not None and cause.key not in known:
+            parent = getattr(cause, "parent_node", None)
+            root = parent._get_root() if parent is not None else None  # holds the chosen options' names
+            return unknown_key_message(root, cause.full_key, schema)
+        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"  # later lines repeat the key and type
+    return _one_line(f"{error} {cause or ''}")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def main() -> None:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     _refuse_emptied_groups(sys.argv[1:])
     registry.load_plugins()  # registers every schema in the ConfigStore before Hydra composes
-    hydra_entry()
+    traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for Hydra's full traces
+    # Hydra prints its own errors over several lines unless this is set; then it re-raises, and we print one
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_entry()
+    except ConfigError as error:  # a sweep job's bad value, raised once the sweep's other jobs have run
+        if traceback_wanted:
+            raise
+        _fail(str(error))
+    except (HydraException, OmegaConfBaseException) as error:
+        if traceback_wanted or _raised_in_job(error):  # a job's own failure is a bug: keep its traceback
+            raise
+        _fail(composition_error_line(error))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
 Each YAML option in conf/<group>/ starts from its schema (`defaults: [<name>_schema, _self_]`), so a
-misspelt key or a string where a number belongs fails at compose time, naming the key. Value checks
+misspelt key or a string where a number belongs fails at compose time, naming the key (a key added with
+`+`, which Hydra lets through, fails in `to_validated`, before anything is built). Value checks
 that a type cannot express (num_beams >= 1, temperature > 0, ...) live in each schema's `validate`,
 which the launcher runs on the composed config before anything is built or trained.
 
@@ -10,12 +11,13 @@ this module only holds the shared parts and the top-level run config.
 """
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from framework.errors import ConfigError
 
@@ -320,6 +322,47 @@ def register_base_schemas() -> None:
     _BASE_REGISTERED = True
 
 
+def unknown_key_message(root: DictConfig | None, full_key: str, schema: type) -> str:
+    """One line for a key that `schema` (the node holding it) has no field for: the full key, a close
+    field name if there is one, and which option lacks it (`root` holds the chosen options' names)."""
+    parent, _, key = full_key.rpartition(".")
+    known = [item.name for item in fields(schema)] if is_dataclass(schema) else []
+    close = difflib.get_close_matches(key, known, n=1)
+    guess = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+    group = full_key.split(".")[0]
+    name = (OmegaConf.select(root, f"{group}.name", default=None, throw_on_missing=False)
+            if group in GROUP_BASES and root is not None else None)
+    if parent and isinstance(name, str):
+        owner, listing = f"{group}={name} has no such key", f"python -m framework --cfg job {group}={name}"
+    elif group == "hydra" and parent:
+        owner, listing = "Hydra's config has no such key", "python -m framework --cfg hydra"
+    else:
+        owner, listing = "the run config has no such key", "python -m framework --cfg job"
+    return f"{full_key}: unknown key{guess}; {owner} ({listing} lists its keys)"
+
+
+def refuse_unknown_keys(node, root: DictConfig, prefix: str = "") -> None:
+    """Raise ConfigError for the first key no schema field holds. `+key=value` adds a key even to a typed
+    node (Hydra opens struct mode for it) and OmegaConf.to_object silently drops it, so a misspelt or
+    stray key (`+algorithm.learning_rte`, `+algorithm._target_`) would otherwise do nothing.
+
+    Walks nodes, not values (omegaconf's `_get_node`/`_is_*`): reading a value would resolve interpolations."""
+    if node._is_none() or node._is_missing() or node._is_interpolation():
+        return  # no keys of its own (an interpolation's target is checked where it lives)
+    if isinstance(node, ListConfig):
+        for index in range(len(node)):
+            refuse_unknown_keys(node._get_node(index), root, f"{prefix[:-1]}[{index}].")
+        return
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if not is_dataclass(schema):  # a value, or a plain dict (a field typed dict or Any): its keys are data
+        return
+    known = {item.name for item in fields(schema)}
+    for key in node:
+        if key not in known:
+            raise ConfigError(unknown_key_message(root, f"{prefix}{key}", schema))
+        refuse_unknown_keys(node._get_node(key), root, f"{prefix}{key}.")
+
+
 def to_validated(cfg: DictConfig) -> RunConfig:
     """Turn the composed config into schema objects and run every value check.
 
@@ -327,6 +370,7 @@ def to_validated(cfg: DictConfig) -> RunConfig:
     """
     from omegaconf.errors import OmegaConfBaseException
 
+    refuse_unknown_keys(cfg, cfg)
     try:
         run = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:  # missing mandatory value, bad interpolation, ...

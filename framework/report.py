@@ -62,8 +62,32 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             continue
         record["job_dir"] = str(job_dir)
         results.append(record)
+    label_methods(results)
     results.sort(key=lambda r: (r["algorithm"], r["decoder_label"], r["seed"]))
     return results, missing
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: json.dumps(node, sort_keys=True) if isinstance(node, list) else node}
+
+
+def label_methods(results: list[dict]) -> None:
+    """Jobs of one algorithm that differ in its keys (an alpha sweep, say) are different methods: their
+    `algorithm` becomes `name(key=value, ...)` over the keys that vary, so the report never pools them.
+    The plain name stays in `method`. Jobs without a recorded algorithm config keep their name."""
+    by_name: dict[str, list[dict]] = {}
+    for record in results:
+        record.setdefault("method", record["algorithm"])
+        if isinstance(record.get("algorithm_config"), dict):
+            by_name.setdefault(record["method"], []).append(record)
+    for name, records in by_name.items():
+        flat = [_flat(record["algorithm_config"]) for record in records]
+        varying = sorted(key for key in set().union(*flat) if len({str(f.get(key)) for f in flat}) > 1)
+        for record, keys in zip(records, flat):
+            if varying:
+                record["algorithm"] = f"{name}(" + ", ".join(f"{key}={keys.get(key)}" for key in varying) + ")"
 
 
 def job_overrides(job_dir: Path) -> list[str] | None:
@@ -320,8 +344,9 @@ class Cell:
         return None if any(scores is None for scores in chosen.values()) else chosen
 
 
-def _method_rank(name: str) -> tuple:
-    return (METHOD_ORDER.index(name), "") if name in METHOD_ORDER else (len(METHOD_ORDER), name)
+def _method_rank(label: str) -> tuple:
+    name = label.split("(", 1)[0]  # `xpo(alpha=[0.01])` ranks as xpo
+    return (METHOD_ORDER.index(name), label) if name in METHOD_ORDER else (len(METHOD_ORDER), label)
 
 
 def _decoder_rank(cell: Cell) -> tuple:
@@ -640,38 +665,50 @@ def write(sweep_dir: Path) -> str:
     return text
 
 
+def _beam_ranking(config: dict) -> str:
+    """How a beam decoder ranks finished beams: by the sum of log-probs (length_penalty 0, the SOC paper's
+    reading: beam search ranks by accumulated log-probabilities) or by sum / length^penalty."""
+    penalty = float(config.get("length_penalty", 1.0))
+    return "sum log-prob" if penalty == 0 else ("mean log-prob" if penalty == 1 else f"sum / length^{penalty:g}")
+
+
 def width_table(results: list[dict]) -> str:
-    """Accuracy by beam width per method (SOC paper's view), pooled over seeds.
+    """Accuracy by beam width per method and beam ranking (SOC paper's view), pooled over seeds.
 
     Each cell is the report's accuracy with its interval over seeds and problems (`seed_problem_interval`).
     Beam regret is the accuracy at width k minus the accuracy at the smallest width (1 = greedy), in
     points. Over-optimism: the share of outputs that are wrong yet more likely under the model than the
-    gold demonstration (mean over seeds).
+    gold demonstration (mean over seeds). Rows differ by `length_penalty` (transformers ranks running
+    beams by summed log-prob either way; the penalty decides among finished ones).
     """
     beam_runs = [r for r in results if r["decoder"] == "beam" and "decoder_config" in r]
     if not beam_runs:
         return "No beam-search runs in this directory."
     widths = sorted({r["decoder_config"]["num_beams"] for r in beam_runs})
-    methods = sorted({r["algorithm"] for r in beam_runs})
-    cells = {(c.algorithm, c.decoder_config["num_beams"]): c for c in aggregate(beam_runs, compare=False)}
+    cells = {(c.algorithm, _beam_ranking(c.decoder_config), c.decoder_config["num_beams"]): c
+             for c in aggregate(beam_runs, compare=False)}
+    rows = sorted({(method, ranking) for method, ranking, _ in cells}, key=lambda r: (_method_rank(r[0]), r[1]))
     optimism = {key: _mean(run["metrics"].get("over_optimism_rate") for run in cell.runs)
                 for key, cell in cells.items()}
-    header = "| method | " + " | ".join(f"width {w}" for w in widths) + " |"
-    rule = "|---|" + "---|" * len(widths)
+    header = "| method | beam ranking | " + " | ".join(f"width {w}" for w in widths) + " |"
+    rule = "|---|---|" + "---|" * len(widths)
     lines = ["Accuracy (%) by beam width, mean [95% CI] over seeds and problems", "", header, rule]
-    for method in methods:
-        row = [f"{100 * cells[method, w].accuracy:.1f} [{_percent(cells[method, w].ci_low)}, "
-               f"{_percent(cells[method, w].ci_high)}]" if (method, w) in cells else "" for w in widths]
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
-    lines += ["", f"Beam regret (points vs width {widths[0]}) and over-optimism rate (%)", "", header, rule]
-    for method in methods:
-        first = cells.get((method, widths[0]))
-        row = [f"{100 * (cells[method, w].accuracy - first.accuracy):+.1f} / {100 * optimism[method, w]:.1f}"
-               if first is not None and (method, w) in cells and optimism[method, w] is not None else ""
+    for method, ranking in rows:
+        row = [f"{100 * cells[method, ranking, w].accuracy:.1f} [{_percent(cells[method, ranking, w].ci_low)}, "
+               f"{_percent(cells[method, ranking, w].ci_high)}]" if (method, ranking, w) in cells else ""
                for w in widths]
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append(f"| {method} | {ranking} | " + " | ".join(row) + " |")
+    lines += ["", f"Beam regret (points vs width {widths[0]}) and over-optimism rate (%)", "", header, rule]
+    for method, ranking in rows:
+        first = cells.get((method, ranking, widths[0]))
+        row = [f"{100 * (cells[method, ranking, w].accuracy - first.accuracy):+.1f} / "
+               f"{100 * optimism[method, ranking, w]:.1f}"
+               if first is not None and (method, ranking, w) in cells and optimism[method, ranking, w] is not None
+               else "" for w in widths]
+        lines.append(f"| {method} | {ranking} | " + " | ".join(row) + " |")
     counts = sorted({len(cell.runs) for cell in cells.values()})
-    lines.append(f"\nSeeds per cell: {', '.join(map(str, counts))}.")
+    lines.append(f"\nSeeds per cell: {', '.join(map(str, counts))}. The SOC paper's argument is about beam "
+                 "search ranked by accumulated (summed) log-probability: the `sum log-prob` rows.")
     return "\n".join(lines)
 
 
@@ -763,7 +800,8 @@ def _record_from_wandb_run(run, scratch: Path) -> dict:
     compute = {key[len("compute/"):]: value for key, value in summary.items() if key.startswith("compute/")}
     decoder = dict(config.get("decoder") or {})
     record = {
-        "algorithm": config["algorithm"]["name"], "decoder": decoder.get("name"),
+        "algorithm": config["algorithm"]["name"], "algorithm_config": config["algorithm"],
+        "decoder": decoder.get("name"),
         "decoder_label": decoder_label_from_config(decoder), "decoder_config": decoder,
         "dataset": config["dataset"]["name"], "model": config["model"]["name"], "seed": config["seed"],
         "metrics": metrics, "train_seconds": compute.get("train_seconds", 0.0),
@@ -808,6 +846,7 @@ def collect_wandb(group: str, project: str, entity: str | None = None, api=None)
             results.append(_record_from_wandb_run(run, Path(scratch) / run.id))
     if not results and not missing:
         raise ReportError(f"no runs in W&B group {group!r} of project {path!r}")
+    label_methods(results)
     results.sort(key=lambda r: (r["algorithm"], r["decoder_label"], r["seed"]))
     return results, missing
 

@@ -1,7 +1,7 @@
 """Stage outputs (base models, trained models, ...) stored once, keyed by what determines them.
 
 A stage lives in `<cache_dir>/<kind>/<key>/`, where key = hash(kind, the spec that determines the
-output, the framework version). Inside:
+output, the code that computes it). Inside:
 
     checkpoints/   trainer checkpoints while the stage runs; a re-run of the same command resumes here
     output/        the finished artifact, moved into place atomically
@@ -20,28 +20,142 @@ Several processes of one job (`accelerate launch`, `torchrun`; see framework/dis
   `commit` returns on every process once the stage is finished. The key includes the number of
   processes, since the global batch is per-device batch x processes x accumulation steps.
 The cache directory must be one filesystem that every process (every node) sees.
+
+What invalidates a stage: its spec (config values, upstream stage keys, data, seed) and its code. The code
+fingerprint hashes the source of the modules the stage names (`code=`, e.g. the method's module) and of
+every framework module they import, statically and transitively (except imports under `if TYPE_CHECKING:`
+and the storage/dispatch/logging modules in INFRASTRUCTURE), plus the versions of the libraries that
+compute (COMPUTING_LIBRARIES). Editing a loss in soc.py therefore retrains SOC (and re-evaluates it: the
+evaluation keys on the trained model's key), while the report, the plots, the README or another method's
+module leave it alone. Upstream stages are covered by their keys: a change to the rationale rules changes
+the keys of the stages built on the rationale set, and so of the models trained on them.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from filelock import FileLock
 
 from framework import __version__, distributed
 
 DONE_MARKER = "stage.json"
+PACKAGE = "framework"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding framework/
+# Modules that store, lock, dispatch and log stages but compute no output: left out of (and not followed by)
+# code fingerprints, so that editing them does not throw every cached model away.
+INFRASTRUCTURE = ("framework.stages", "framework.distributed", "framework.registry", "framework.errors",
+                  "framework.tracking")
+# the libraries whose code computes stage outputs (training loops, losses, generation, answer checking)
+COMPUTING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "math-verify")
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imported_modules(source: str, root: Path) -> set[str]:
+    """The framework modules a source imports anywhere (function bodies included), except under
+    `if TYPE_CHECKING:`; parent packages count, as Python runs their __init__ too."""
+    found: set[str] = set()
+
+    def add(module: str) -> None:
+        parts = module.split(".")
+        for end in range(1, len(parts) + 1):
+            if _module_file(root, ".".join(parts[:end])):
+                found.add(".".join(parts[:end]))
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    add(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == PACKAGE:
+            add(node.module)
+            for alias in node.names:  # `from framework import registry`: registry may be a module
+                if _module_file(root, f"{node.module}.{alias.name}"):
+                    add(f"{node.module}.{alias.name}")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def code_closure(modules: tuple[str, ...], root: Path = PACKAGE_ROOT) -> dict[str, str]:
+    """module -> sha256 of its source, for `modules` and every framework module they import, transitively."""
+    digests: dict[str, str] = {}
+    pending = list(modules)
+    while pending:
+        module = pending.pop()
+        if module in digests or module in INFRASTRUCTURE:
+            continue
+        path = _module_file(root, module)
+        if path is None:  # a plugin's module outside the framework: its own file, its imports not followed
+            path = _external_file(module)
+            digests[module] = hashlib.sha256(path.read_bytes()).hexdigest()
+            continue
+        source = path.read_text(encoding="utf-8")
+        digests[module] = hashlib.sha256(source.encode()).hexdigest()
+        pending.extend(_imported_modules(source, root) - digests.keys())
+    return dict(sorted(digests.items()))
+
+
+def _external_file(module: str) -> Path:
+    loaded = sys.modules.get(module)
+    origin = getattr(loaded, "__file__", None)
+    if origin is None:
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+    if origin is None or not Path(origin).is_file():
+        raise ValueError(f"stage code {module!r}: no such module (neither under the framework nor importable)")
+    return Path(origin)
+
+
+def _library_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def code_fingerprint(modules: str | Sequence[str], root: Path = PACKAGE_ROOT) -> str:
+    """What a stage's code is: its modules' import closure and the computing libraries' versions."""
+    modules = (modules,) if isinstance(modules, str) else tuple(sorted(set(modules)))
+    libraries = {name: _library_version(name) for name in COMPUTING_LIBRARIES}
+    canonical = json.dumps({"modules": code_closure(modules, root), "libraries": libraries}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def stage_key(kind: str, spec: dict) -> str:
-    canonical = json.dumps({"kind": kind, "spec": spec, "framework": __version__}, sort_keys=True, default=str)
+    canonical = json.dumps({"kind": kind, "spec": spec}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -148,9 +262,15 @@ class StageStore:
         return list(self._ledger.values())
 
     @contextmanager
-    def open(self, kind: str, spec: dict, collective: bool = False) -> Iterator[Stage]:
-        """The stage for (kind, spec), noted in the compute ledger once finished (see `_open`)."""
+    def open(self, kind: str, spec: dict, collective: bool = False,
+             code: str | Sequence[str] = ()) -> Iterator[Stage]:
+        """The stage for (kind, spec, code), noted in the compute ledger once finished (see `_open`).
+
+        `code`: the module(s) that compute the stage (usually the caller's `__name__`); their import
+        closure's fingerprint joins the spec (module docstring). Every framework call site names it."""
         opened_at = time.time()
+        if code:
+            spec = {**spec, "code": code_fingerprint(code)}
         with self._open(kind, spec, collective) as stage:
             stage.opened_at = opened_at
             yield stage

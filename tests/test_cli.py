@@ -28,25 +28,53 @@ def _bad_rows(tmp_path):
     return data
 
 
+UNKNOWN = "unknown key; {option} has no such key (python -m framework --cfg job {option} lists its keys)"
+
+
 @pytest.mark.parametrize("case, overrides, expected", [
-    ("unknown algorithm", ["algorithm=nope"], "Could not find 'algorithm/nope'"),
-    ("unknown budget", ["budget=fast"], "Could not find 'budget/fast'"),
+    ("unknown algorithm", ["algorithm=nope"],
+     "error: algorithm=nope: no such option; available: bon_sft, dpo, none, outcome_dpo, rft, self_explore, sft, soc"),
+    ("unknown budget", ["budget=fast"], "error: budget=fast: no such option; available: default, headline"),
     ("emptied group", ["budget=null"], "error: budget needs an option (got 'budget=null')"),
     ("deleted group", ["~decoder"], "error: decoder needs an option (got '~decoder')"),
-    ("beam width 0", ["decoder=beam", "decoder.num_beams=0"], "decoder.num_beams must be >= 1"),
-    ("negative temperature", ["decoder=sample", "decoder.temperature=-1"], "decoder.temperature must be > 0"),
-    ("string for a number", ["algorithm.learning_rate=fast"], "learning_rate"),
-    ("missing dataset path", ["dataset.path=/no/such/dir"], "dataset.path: '/no/such/dir' is not a directory"),
-    ("hub model offline", ["model=hf", "model.name_or_path=someone/some-model"], "model.name_or_path"),
-    ("row without answer", ["dataset.path={bad_rows}"], "train.jsonl:2: the answer has no final '#### <number>'"),
+    ("beam width 0", ["decoder=beam", "decoder.num_beams=0"], "error: decoder.num_beams must be >= 1"),
+    ("negative temperature", ["decoder=sample", "decoder.temperature=-1"], "error: decoder.temperature must be > 0"),
+    ("string for a number", ["algorithm.learning_rate=fast"],
+     "error: algorithm.learning_rate: Value 'fast' of type 'str' could not be converted to Float"),
+    ("missing dataset path", ["dataset.path=/no/such/dir"], "error: dataset.path: '/no/such/dir' is not a directory"),
+    ("hub model offline", ["model=hf", "model.name_or_path=someone/some-model"], "error: model.name_or_path"),
+    ("row without answer", ["dataset.path={bad_rows}"],
+     "error: {bad_rows}/train.jsonl:2: the answer has no final '#### <number>'"),
+    # keys no schema knows, added with `+` (which Hydra lets through) or not (which Hydra refuses)
+    ("added unknown key", ["+algorithm.foo=1"], "error: algorithm.foo: " + UNKNOWN.format(option="algorithm=sft")),
+    ("unknown key", ["algorithm.foo=1"], "error: algorithm.foo: " + UNKNOWN.format(option="algorithm=sft")),
+    ("added _target_", ["+algorithm._target_=os.system"],
+     "error: algorithm._target_: " + UNKNOWN.format(option="algorithm=sft")),
+    ("added top-level key", ["+foo=1"], "error: foo: unknown key; the run config has no such key"),
+    ("added nested key", ["algorithm=dpo", "+algorithm.sft.foo=1"],
+     "error: algorithm.sft.foo: " + UNKNOWN.format(option="algorithm=dpo")),
+    ("added LoRA key", ["+model.lora.foo=1"], "error: model.lora.foo: " + UNKNOWN.format(option="model=tiny")),
+    ("misspelt key", ["algorithm.learning_rte=1e-5"],
+     "error: algorithm.learning_rte: unknown key (did you mean algorithm.learning_rate?); algorithm=sft has no such"),
 ])
 def test_bad_input_fails_fast_with_a_readable_message(tmp_path, case, overrides, expected):
-    overrides = [o.replace("{bad_rows}", str(_bad_rows(tmp_path))) if "{bad_rows}" in o else o for o in overrides]
+    bad_rows = str(_bad_rows(tmp_path)) if any("{bad_rows}" in o for o in overrides) else ""
+    overrides = [o.replace("{bad_rows}", bad_rows) for o in overrides]
     result = launch([*overrides, "logger=none"], tmp_path / "cache", tmp_path)
-    assert result.returncode != 0, case
-    assert expected in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, (case, result.stderr[-2000:])
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr[-2000:]  # one line, no traceback
+    assert result.stderr.startswith(expected.replace("{bad_rows}", bad_rows)), result.stderr
     assert not (tmp_path / "cache").exists()  # nothing was built or trained
+
+
+def test_a_failed_sweep_job_does_not_stop_the_others_and_fails_the_sweep_in_one_line(tmp_path):
+    result = launch(["-m", "algorithm=none", "decoder=beam", "decoder.num_beams=0,1", "decoder.max_new_tokens=16",
+                     *[o for o in FAST if not o.startswith("decoder")], "hydra.sweep.dir=sweep"],
+                    tmp_path / "cache", tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1] == "error: decoder.num_beams must be >= 1 (got 0)"
+    assert "Traceback" not in result.stderr
+    assert [path.parent.name for path in (tmp_path / "sweep").glob("*/results.json")] == ["1_none_beam_seed0"]
 
 
 def test_multirun_writes_one_result_per_job_and_a_table(tmp_path):

@@ -16,16 +16,18 @@ from framework.report import (
 )
 
 
-def _job(root, name, algorithm, width, seed, correct, over_optimism=0.0):
+def _job(root, name, algorithm, width, seed, correct, over_optimism=0.0, length_penalty=None, algorithm_config=None):
     job = root / name
     (job / ".hydra").mkdir(parents=True)
     metrics = {"accuracy": sum(correct) / len(correct), "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0,
                "accuracy_flexible": 0.0, "mean_tokens": 10.0, "decode_seconds": 1.0, "num_problems": len(correct),
                "over_optimism_rate": over_optimism}
+    decoder = {"name": "beam", "num_beams": width, **({} if length_penalty is None else {"length_penalty": length_penalty})}
+    label = f"beam(num_beams={width}" + ("" if length_penalty is None else f", length_penalty={length_penalty}") + ")"
     (job / "results.json").write_text(json.dumps({
-        "algorithm": algorithm, "decoder": "beam", "decoder_label": f"beam(num_beams={width})",
-        "decoder_config": {"name": "beam", "num_beams": width}, "dataset": "arith", "model": "tiny", "seed": seed,
-        "metrics": metrics, "train_seconds": 0.0}))
+        "algorithm": algorithm, "decoder": "beam", "decoder_label": label, "decoder_config": decoder,
+        "dataset": "arith", "model": "tiny", "seed": seed, "metrics": metrics, "train_seconds": 0.0,
+        **({} if algorithm_config is None else {"algorithm_config": algorithm_config})}))
     with (job / "generations.jsonl").open("w") as handle:
         for problem, ok in enumerate(correct):
             handle.write(json.dumps({"problem": problem, "chosen": True, "correct": bool(ok)}) + "\n")
@@ -41,8 +43,31 @@ def test_width_table_pools_seeds_per_problem_and_reports_regret(tmp_path):
     assert missing == ["e"] and "Jobs without results" in markdown(results, missing)
     table = width_table(results)
     # width 1: per-problem means over seeds (1, .5, 0, 0) -> 37.5%; width 4: (1, 0, 0, 0) -> 25.0%
-    assert "| sft | 37.5 [" in table and "| 25.0 [" in table
+    assert "| sft | mean log-prob | 37.5 [" in table and "| 25.0 [" in table
     assert "-12.5 / 37.5" in table  # regret in points / mean over-optimism of the two seeds
+
+
+def test_width_table_keeps_the_two_beam_rankings_apart(tmp_path):
+    for seed, (mean_ok, sum_ok) in enumerate([([1, 1, 0, 0], [0, 0, 0, 0]), ([1, 0, 0, 0], [0, 0, 0, 1])]):
+        _job(tmp_path, f"mean{seed}", "sft", 4, seed, mean_ok, length_penalty=1.0)
+        _job(tmp_path, f"sum{seed}", "sft", 4, seed, sum_ok, length_penalty=0.0)
+    table = width_table(collect(tmp_path)[0])
+    assert "| sft | mean log-prob | 37.5 [" in table and "| sft | sum log-prob | 12.5 [" in table
+    assert "summed) log-probability: the `sum log-prob` rows" in table
+
+
+def test_jobs_of_one_method_with_different_keys_are_not_pooled(tmp_path):
+    """An alpha sweep of XPO: each alpha is its own row, named by the key that varies."""
+    config = lambda alpha: {"name": "xpo", "beta": 0.1, "alpha": [alpha], "sft": {"learning_rate": 5e-4}}  # noqa: E731
+    _job(tmp_path, "a", "xpo", 1, 0, [1, 1, 0, 0], algorithm_config=config(1e-5))
+    _job(tmp_path, "b", "xpo", 1, 0, [0, 0, 0, 0], algorithm_config=config(0.1))
+    _job(tmp_path, "c", "xpo", 1, 1, [1, 0, 0, 0], algorithm_config=config(0.1))
+    results, _ = collect(tmp_path)
+    assert sorted({r["algorithm"] for r in results}) == ["xpo(alpha=[0.1])", "xpo(alpha=[1e-05])"]
+    assert {r["method"] for r in results} == {"xpo"}
+    cells = {c.algorithm: c for c in aggregate(results, compare=False)}
+    assert cells["xpo(alpha=[0.1])"].accuracy == pytest.approx(0.125) and len(cells["xpo(alpha=[0.1])"].runs) == 2
+    assert cells["xpo(alpha=[1e-05])"].accuracy == pytest.approx(0.5)
 
 
 def test_report_command_writes_tables(tmp_path, capsys):

@@ -3,17 +3,20 @@ scripted policy whose continuations' correctness is known per prefix, the pair b
 errors, and one end-to-end run with scripted sampling so every stage (RFT, exploration, DPO) trains for real."""
 import json
 import re
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import FAST, FAST_TRAINING, compose_config
-from framework.algorithms import self_explore
-from framework.algorithms.outcome_dpo import outcome_pairs
-from framework.algorithms.rft import Rationale, SampledQuestion, distinct_correct, require_gold_answers, rft_targets
+from framework.algorithms import rationales, self_explore
+from framework.algorithms.rationales import (Rationale, SampledQuestion, equation_signature, keep_rationales, kept_set,
+                                             outcome_pairs, rejected_for_training, require_gold_answers,
+                                             strip_answer_line)
 from framework.algorithms.self_explore import (ExplorationRecord, ExplorationTarget, explore_first_pits, first_pit,
                                                split_lines, split_sentences, split_steps, step_level_pairs)
-from framework.config import to_validated
+from framework.config import ModelConfig, to_validated
 from framework.data.answers import NumericAnswerChecker
 from framework.errors import ConfigError
 
@@ -139,7 +142,7 @@ def test_pit_is_found_at_the_right_step_and_exploration_stops_there():
                                  max_explored_steps=20)
     assert [r.pit for r in records] == [2, 1]
     assert records[0].success_counts == [2, 0, None] and records[1].success_counts == [0, None, None]
-    assert records[0].correct_continuations[0] == "right 0\n#### 5"
+    assert records[0].successes[0] == ["right 0\n#### 5", "right 1\n#### 5"]
     assert [r.rollouts for r in records] == [2 * K, K]
     # batched: one call per step index holding every rationale still without a pit
     assert policy.calls == [[_prefix(wrong_second, 1), _prefix(wrong_first, 1)], [_prefix(wrong_second, 2)]]
@@ -169,7 +172,7 @@ def test_rationales_with_no_pit_are_dropped():
     policy = ScriptedPolicy({_prefix(cut_off, 1): 1, _prefix(cut_off, 2): 2})
     (record,) = explore_first_pits([_target(cut_off, finished=False)], policy, _is_correct, max_explored_steps=20)
     assert record.success_counts == [1, 2] and record.pit is None
-    pairs, dropped = step_level_pairs([record], {0: ["3 + 4 = 7\n7 - 2 = 5\n#### 5"]})
+    pairs, dropped = step_level_pairs([record], {0: ["3 + 4 = 7\n7 - 2 = 5\n#### 5"]}, CHECKER)
     assert pairs == [] and dropped["no_pit"] == 1
 
 
@@ -188,25 +191,58 @@ def test_the_step_cap_holds():
     assert record.pit is None
 
 
-# ---------------------------------------------------------------------------- pairs
-def _record(steps, counts, continuations, pit, question_index=0, rationale_index=0):
-    return ExplorationRecord(question_index, rationale_index, QUESTION, steps, counts, continuations, pit, 0)
+# ---------------------------------------------------------------------------- step-level pairs (the scripts' rules)
+def _record(steps, successes, pit, question_index=0, rationale_index=0, paired_chosen=None):
+    counts = [len(s) if i < (pit or len(steps)) else None for i, s in enumerate(successes)]
+    return ExplorationRecord(question_index, rationale_index, QUESTION, steps, counts, successes, pit, 0,
+                             paired_chosen)
 
 
-def test_step_level_pairs_have_exactly_the_specified_text():
-    steps = ["3 + 4 = 7\n", "7 - 2 = 6\n", "#### 6"]
-    later = _record(steps, [2, 0, None], ["7 - 2 = 5\n#### 5", None, None], pit=2)
-    first = _record(["3 + 4 = 8\n", "8 - 2 = 6\n", "#### 6"], [0, None, None], [None] * 3, pit=1, rationale_index=1)
-    also_first = _record(["3 + 5 = 8\n", "#### 8"], [0, None], [None] * 2, pit=1, rationale_index=2)
-    correct = {0: ["3 + 4 = 7\n7 - 2 = 5\n#### 5", "3 + 4 = 7 \n7 - 2 = 5\n#### 5"]}
-    pairs, dropped = step_level_pairs([later, first, also_first], correct)
-    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
-        (QUESTION + "3 + 4 = 7\n", "7 - 2 = 5\n#### 5", "7 - 2 = 6\n"),  # chosen: continuation from s1
-        (QUESTION, "3 + 4 = 7\n7 - 2 = 5\n#### 5", "3 + 4 = 8\n"),  # pit at step 1: a correct rationale
-        (QUESTION, "3 + 4 = 7 \n7 - 2 = 5\n#### 5", "3 + 5 = 8\n"),  # the next distinct one
+GOOD = "3 + 4 = 7\n7 - 2 = 5\n#### 5"
+
+
+def test_step_pairs_follow_the_scripts_rules():
+    wrong_second = ["3 + 4 = 7\n", "7 - 2 = 6\n", "#### 6"]
+    records = [
+        # pit at step 2: chosen = the shortest success from the prefix before it
+        _record(wrong_second, [["7 - 2 = 5\n#### 5", "7-2=5\n#### 5"], [], []], pit=2),
+        # pit at step 1: chosen = the outcome pair's chosen
+        _record(["3 + 4 = 8\n", "8 - 2 = 6\n", "#### 6"], [[], [], []], pit=1, rationale_index=1,
+                paired_chosen=GOOD),
+        # pit at the answer line: the rejected loses it and is empty, so the pair is skipped
+        _record(["3 + 4 = 7\n", "7 - 2 = 5\n", "#### 6"], [["x"], ["#### 5"], []], pit=3, rationale_index=2),
+        # same rejected text again: the shortest unused chosen is the longer success, then the rejected is a duplicate
+        _record(wrong_second, [["7 - 2 = 5\n#### 5", "7-2=5\n#### 5"], [], []], pit=2, rationale_index=3),
+        # every success from the prefix is already a chosen of this question
+        _record(["3 + 4 = 7\n", "7 - 2 = 4\n", "#### 4"], [["7-2=5\n#### 5"], [], []], pit=2, rationale_index=4),
+        # pit at step 1 whose outcome chosen is already used
+        _record(["3 + 5 = 8\n", "#### 8"], [[], []], pit=1, rationale_index=5, paired_chosen=GOOD),
+        # no pit
+        _record(wrong_second, [["a"], ["b"], ["c"]], pit=None, rationale_index=6),
+        # another question: nothing is shared across questions
+        _record(wrong_second, [["7 - 2 = 5\n#### 5", "7-2=5\n#### 5"], [], []], pit=2, question_index=1),
     ]
-    assert [p["pit"] for p in pairs] == [2, 1, 1] and not dropped
-    pairs, dropped = step_level_pairs([first], {})
+    pairs, dropped = step_level_pairs(records, {}, CHECKER)
+    assert [(p["question_index"], p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        (0, QUESTION + "3 + 4 = 7\n", "7-2=5\n#### 5", "7 - 2 = 6\n"),
+        (0, QUESTION, GOOD, "3 + 4 = 8\n"),
+        (1, QUESTION + "3 + 4 = 7\n", "7-2=5\n#### 5", "7 - 2 = 6\n"),
+    ]
+    assert dict(dropped) == {"empty_rejected": 1, "duplicate_rejected": 1, "no_unused_chosen": 1,
+                             "duplicate_chosen": 1, "no_pit": 1}
+    # the rules are keys: first success, answer line kept, no dedup
+    pairs, dropped = step_level_pairs(records, {}, CHECKER, strip_answer=False, step_chosen="first", dedup=False)
+    assert [p["chosen"] for p in pairs] == ["7 - 2 = 5\n#### 5", GOOD, "#### 5", "7 - 2 = 5\n#### 5",
+                                            "7-2=5\n#### 5", GOOD, "7 - 2 = 5\n#### 5"]
+    assert pairs[2]["rejected"] == "#### 6" and dict(dropped) == {"no_pit": 1}
+
+
+def test_pit_at_step_1_without_an_outcome_pair_takes_the_kept_correct_rationales_in_turn():
+    first = _record(["3 + 4 = 8\n", "#### 8"], [[], []], pit=1)
+    second = _record(["3 + 5 = 8\n", "#### 8"], [[], []], pit=1, rationale_index=1)
+    pairs, _ = step_level_pairs([first, second], {0: [GOOD, "4 + 3 = 7\n7 - 2 = 5\n#### 5"]}, CHECKER)
+    assert [p["chosen"] for p in pairs] == [GOOD, "4 + 3 = 7\n7 - 2 = 5\n#### 5"]
+    pairs, dropped = step_level_pairs([first], {}, CHECKER)
     assert pairs == [] and dropped["pit_at_step_1_without_a_correct_rationale"] == 1
 
 
@@ -214,36 +250,174 @@ def test_explored_records_give_pairs_end_to_end():
     wrong_second = ["3 + 4 = 7\n", "7 - 2 = 6\n", "#### 6"]
     policy = ScriptedPolicy({_prefix(wrong_second, 1): 3, _prefix(wrong_second, 2): 0})
     records = explore_first_pits([_target(wrong_second)], policy, _is_correct, max_explored_steps=20)
-    pairs, _ = step_level_pairs(records, {})
+    pairs, _ = step_level_pairs(records, {}, CHECKER)
     assert pairs[0]["prompt"] + pairs[0]["chosen"] == QUESTION + "3 + 4 = 7\nright 0\n#### 5"
     assert pairs[0]["rejected"] == "7 - 2 = 6\n"
 
 
-# ---------------------------------------------------------------------------- RFT and outcome pairs
+def test_a_rejected_side_loses_its_final_answer_line():
+    assert strip_answer_line("3 + 4 = 8\n8 - 2 = 6\n#### 6", CHECKER) == "3 + 4 = 8\n8 - 2 = 6\n"
+    assert strip_answer_line("3 + 4 = 8\n", CHECKER) == "3 + 4 = 8\n"  # no answer line: unchanged
+    from framework.data.answers import LetterAnswerChecker, MathAnswerChecker
+
+    assert strip_answer_line("So $x=2$.\nThus $\\boxed{2}$.", MathAnswerChecker()) == "So $x=2$.\n"
+    assert strip_answer_line("Max is cold.\nThe answer is B.", LetterAnswerChecker("AB")) == "Max is cold.\n"
+    drops = Counter()
+    pairs = [{"rejected": "3 + 4 = 8\n#### 8"}, {"rejected": "#### 8"}, {"rejected": "3 + 4 = 8\n"}]
+    assert [p["rejected"] for p in rejected_for_training(pairs, CHECKER, True, drops)] == ["3 + 4 = 8\n"] * 2
+    assert drops == {"empty_rejected": 1}
+
+
+# ---------------------------------------------------------------------------- the kept set and outcome pairs
 def _rationale(text, correct, finished=True):
     return Rationale(text, finished, None, correct, 3)
 
 
-def test_rft_keeps_up_to_m_distinct_correct_rationales():
-    rationales = [_rationale("a\n#### 5", True), _rationale("a \n#### 5", True), _rationale("b\n#### 4", False),
-                  _rationale("c\n#### 5", True), _rationale("d\n#### 5", True, finished=False),
-                  _rationale("e\n#### 5", True)]
-    assert distinct_correct(rationales) == ["a\n#### 5", "c\n#### 5", "d\n#### 5", "e\n#### 5"]
-    question = SampledQuestion(0, "Q\n", "5", rationales)
-    assert rft_targets([question], 2, require_finished=True) == [
-        {"prompt": "Q\n", "completion": "a\n#### 5"}, {"prompt": "Q\n", "completion": "c\n#### 5"}]
-    assert [row["completion"] for row in rft_targets([question], 8, True)] == ["a\n#### 5", "c\n#### 5", "e\n#### 5"]
+KEYS = {"correct_dedup": "equations", "max_correct_per_question": 8, "max_incorrect_per_question": None,
+        "min_edit_distance": 0.2, "require_finished": True}
 
 
-def test_outcome_pairs_pair_each_incorrect_with_a_correct_rationale():
-    question = SampledQuestion(3, "Q\n", "5", [
-        _rationale("w1", False), _rationale("c1", True), _rationale("w2", False), _rationale("w1 ", False),
-        _rationale("c2", True), _rationale("w3", False), _rationale("w4", False, finished=False)])
-    pairs = outcome_pairs(question, require_finished=True)
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("c1", "w1"), ("c2", "w2"), ("c1", "w3")]
+def test_equation_signature():
+    assert equation_signature("He has 48/2 = <<48/2=24>>24 clips.\n#### 24") == "48/2=24"
+    assert equation_signature("3 + 4 = 7\n7 - 2 = 5\n#### 5") == "3+4=7|7-2=5"
+    assert equation_signature("3+4=7\n 7-2 =5\n#### 5") == "3+4=7|7-2=5"
+    assert equation_signature("No  equation here.") == "No equation here."
+
+
+def test_correct_rationales_are_deduplicated_by_equations_keeping_the_farther_one():
+    swapped, spaced, compact = "4 + 3 = 7\n7 - 2 = 5\n#### 5", GOOD, "3+4=7\n7-2=5\n#### 5"
+    question = SampledQuestion(0, "Q\n", "5", [
+        _rationale(swapped, True), _rationale(spaced, True), _rationale(compact, True),
+        _rationale(spaced + " ", True),  # the same text up to whitespace
+        _rationale("5 + 0 = 5\n#### 5", True, finished=False),  # cut off at max_new_tokens
+        _rationale("3 + 4 = 8\n#### 8", False)])
+    drops = Counter()
+    kept = keep_rationales(question, KEYS, drops)
+    # `compact` has the equations of `spaced` and is farther from the other kept one (`swapped`): it replaces it
+    assert [kept.text(i) for i in kept.correct] == [swapped, compact]
+    assert [kept.text(i) for i in kept.incorrect] == ["3 + 4 = 8\n#### 8"]
+    assert drops == {"duplicate_text": 1, "unfinished": 1, "correct_same_equations": 1}
+    drops = Counter()
+    kept = keep_rationales(question, {**KEYS, "max_correct_per_question": 1}, drops)
+    assert [kept.text(i) for i in kept.correct] == [swapped] and drops["correct_over_cap"] == 2
+
+
+def test_math_rationales_are_deduplicated_by_edit_distance():
+    question = SampledQuestion(0, "Q\n", "5", [
+        _rationale("aaaaaaaaaa", True), _rationale("aaaaaaaaab", True),  # distance 0.1: a near duplicate
+        _rationale("aaaaaaabbb", True),  # 0.3 from the first: kept
+        _rationale("zzzzzzzzzz", False), _rationale("zzzzzzzzzy", False), _rationale("yyyyyyyyyy", False),
+        _rationale("xxxxxxxxxx", False)])
+    drops = Counter()
+    kept = keep_rationales(question, {**KEYS, "correct_dedup": "edit_distance", "max_incorrect_per_question": 2},
+                           drops)
+    assert [kept.text(i) for i in kept.correct] == ["aaaaaaaaaa", "aaaaaaabbb"]
+    assert [kept.text(i) for i in kept.incorrect] == ["zzzzzzzzzz", "yyyyyyyyyy"]
+    assert drops == {"correct_near_duplicate": 1, "incorrect_near_duplicate": 1, "incorrect_over_cap": 1}
+
+
+def _kept(correct, incorrect):
+    question = SampledQuestion(3, "Q\n", "5", [_rationale(t, True) for t in correct] +
+                               [_rationale(t, False) for t in incorrect])
+    return keep_rationales(question, {**KEYS, "correct_dedup": "text"}, Counter())
+
+
+def test_outcome_pairs_take_the_farthest_unused_incorrect_rationale():
+    # edit distances: aaaa-aaab 1, aaaa-bbba 3, aaaa-cccc 4; bbbb-aaab 3, bbbb-bbba 1, bbbb-cccc 4
+    drops = Counter()
+    pairs = outcome_pairs(_kept(["aaaa", "bbbb"], ["aaab", "bbba", "cccc"]), "farthest", None, drops)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("aaaa", "cccc"), ("bbbb", "aaab")]
     assert all(p["prompt"] == "Q\n" and p["question_index"] == 3 for p in pairs)
-    assert len(outcome_pairs(question, True, max_pairs_per_question=1)) == 1
-    assert outcome_pairs(SampledQuestion(0, "Q\n", "5", [_rationale("w", False)]), True) == []
+    assert drops == {"incorrect_unpaired": 1}
+    drops = Counter()  # more correct than incorrect: each incorrect rationale is used once
+    pairs = outcome_pairs(_kept(["aaaa", "bbbb", "cccc"], ["dddd"]), "farthest", None, drops)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("aaaa", "dddd")]
+    assert drops == {"correct_without_an_unused_incorrect": 2}
+    assert outcome_pairs(_kept([], ["w"]), "farthest", None, drops) == []
+    assert outcome_pairs(_kept(["aaaa"], ["aaab", "cccc"]), "farthest", 1, Counter())[0]["rejected"] == "cccc"
+
+
+def test_math_outcome_pairs_take_the_shortest_rejected_far_enough():
+    chosen = "abcdefghij"
+    # normalised distances to it: 1.0 (20 z), 0.9, 0.5, 0.3
+    far, farther_but_longer, half, near = "aZZZZZZZZZ", "z" * 20, "abcdeZZZZZ", "abcdefgZZZ"
+    pairs = outcome_pairs(_kept([chosen], [farther_but_longer, half, far, near]), "distant_shortest", None, Counter())
+    assert pairs[0]["rejected"] == far  # > 0.5: the 20-z and the 0.9 one; the shorter wins
+    pairs = outcome_pairs(_kept([chosen], [near, half]), "distant_shortest", None, Counter())
+    assert pairs[0]["rejected"] == half  # nothing > 0.5; > 0.4: only `half`
+    pairs = outcome_pairs(_kept([chosen], ["abcdefghiZ", "abcdefghZZ"]), "distant_shortest", None, Counter())
+    assert pairs[0]["rejected"] == "abcdefghiZ"  # none > 0.3: any, the shortest (first among equal lengths)
+
+
+def test_cycle_pairing_pairs_every_incorrect_rationale():
+    pairs = outcome_pairs(_kept(["c1", "c2"], ["w1", "w2", "w3"]), "cycle", None, Counter())
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("c1", "w1"), ("c2", "w2"), ("c1", "w3")]
+
+
+def test_only_the_rejected_sides_of_outcome_pairs_are_explored():
+    question = SampledQuestion(0, QUESTION, "5", [
+        _rationale(GOOD, True), _rationale("3 + 4 = 8\n8 - 2 = 6\n#### 6", False),
+        _rationale("3 + 4 = 7\n7 - 2 = 6\n#### 6", False)])
+    kept, _ = kept_set([question], KEYS)
+    pairs = outcome_pairs(kept[0], "farthest", None, Counter())
+    config = self_explore.SelfExploreConfig()
+    targets, _ = self_explore.exploration_targets([question], config, pairs)
+    assert [(t.rationale_index, t.paired_chosen) for t in targets] == [(pairs[0]["rejected_index"], GOOD)]
+    everything, _ = self_explore.exploration_targets([question], self_explore.SelfExploreConfig(
+        explored_rationales="all_incorrect"), pairs)
+    assert [t.rationale_index for t in everything] == [1, 2]
+
+
+def test_kept_set_counts_every_rule():
+    questions = [SampledQuestion(0, "Q\n", "5", [_rationale("a = 5", True), _rationale("a = 5 ", True)]),
+                 SampledQuestion(1, "Q2\n", "5", [_rationale("b = 4", False)])]
+    _, summary = kept_set(questions, KEYS)
+    assert summary == {"kept_correct": 1, "kept_incorrect": 1, "questions_with_a_kept_correct": 1,
+                       "dropped_duplicate_text": 1, "dropped_questions_without_a_correct": 1}
+
+
+def test_rft_trains_the_built_model_by_default(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from framework.algorithms import rft
+    from framework.data.loaders import ArithDatasetConfig, load_arith
+
+    started_from = []
+    monkeypatch.setattr(rft, "train_in_stage", lambda ctx, kind, spec, make, start, metadata, code: started_from.append(
+        (start, spec["start"], metadata["kept_set"]["kept_correct"])))
+    built, sft = SimpleNamespace(fingerprint={"base": "built"}), SimpleNamespace(fingerprint={"sft": 1})
+    ctx = SimpleNamespace(data=load_arith(ArithDatasetConfig(train_size=4, test_size=2)), base=sft, built=built,
+                          seed=0, log=lambda metrics: None)
+    questions = [SampledQuestion(0, "Q\n", "5", [_rationale(GOOD, True)])]
+    config = rft.RFTAlgorithmConfig()
+    rft.rft_model(ctx, questions, "key", config, config, "rft")
+    rft.rft_model(ctx, questions, "key", config, rft.RFTStageConfig(train_from="sampler"), "rft")
+    assert started_from == [(built, {"base": "built"}, 1), (sft, {"sft": 1}, 1)]
+
+
+def test_dpo_pairs_put_eos_after_the_chosen_side_only(model_and_tokenizer, monkeypatch, tmp_path):
+    from framework.algorithms import preference
+    from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo_on_pairs
+    from framework.models import ModelHandle, Runtime
+
+    model, tokenizer = model_and_tokenizer
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    start = ModelHandle(str(tmp_path / "m"), {"base": "test"})
+    monkeypatch.setattr(preference, "train_in_stage", lambda ctx, kind, spec, make, start, metadata, code: make(
+        str(tmp_path / "checkpoints")))
+    ctx = SimpleNamespace(runtime=Runtime("cpu", "fp32"), seed=0, report_to="none", model_config=ModelConfig(),
+                          log=lambda metrics: None)
+    pairs = [{"prompt": QUESTION, "chosen": "7 - 2 = 5\n#### 5", "rejected": "7 - 2 = 6\n"}] * 2
+    eos = tokenizer.eos_token_id
+    for rejected_eos, expected in ((False, [True, False]), (True, [True, True])):
+        config = PreferenceTrainingConfig(per_device_train_batch_size=2, rejected_eos=rejected_eos)
+        trainer = train_dpo_on_pairs(ctx, "test", start, pairs, config, "pairs")
+        batch = next(iter(trainer.get_train_dataloader()))
+        ends = [row[mask.bool()][-1].item() == eos for row, mask in zip(batch["input_ids"], batch["completion_mask"])]
+        assert ends == [expected[0]] * 2 + [expected[1]] * 2  # chosen rows first, then rejected rows
+        rejected_row = batch["input_ids"][2][batch["completion_mask"][2].bool()].tolist()
+        assert "".join(tokenizer.decode(rejected_row, skip_special_tokens=True).split()) == "7-2=6"
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -252,7 +426,13 @@ def test_outcome_pairs_pair_each_incorrect_with_a_correct_rationale():
     ("self_explore", "algorithm.step_splitter=words", "step_splitter must be one of"),
     ("self_explore", "algorithm.max_explored_steps=0", "max_explored_steps must be >= 1"),
     ("self_explore", "algorithm.exploration_schedule=dfs", "exploration_schedule must be one of"),
-    ("self_explore", "algorithm.rft.max_correct_per_question=0", "rft.max_correct_per_question must be >= 1"),
+    ("self_explore", "algorithm.max_correct_per_question=0", "max_correct_per_question must be >= 1"),
+    ("self_explore", "algorithm.rft.train_from=sft", "rft.train_from must be one of"),
+    ("self_explore", "algorithm.explored_rationales=some", "explored_rationales must be one of"),
+    ("self_explore", "algorithm.step_chosen=longest", "step_chosen must be one of"),
+    ("outcome_dpo", "algorithm.outcome_pairing=nearest", "outcome_pairing must be one of"),
+    ("outcome_dpo", "algorithm.min_edit_distance=1.5", "min_edit_distance must be in"),
+    ("rft", "algorithm.correct_dedup=hash", "correct_dedup must be one of"),
     ("self_explore", "algorithm.beta=0", "beta must be > 0"),
     ("outcome_dpo", "algorithm.rationales_per_question=0", "rationales_per_question must be >= 1"),
     ("outcome_dpo", "algorithm.max_pairs_per_question=0", "max_pairs_per_question must be >= 1"),
@@ -272,6 +452,9 @@ def test_the_three_methods_share_sampling_and_rft_defaults():
     assert configs["rft"].sampling_keys() == configs["outcome_dpo"].sampling_keys() == \
         configs["self_explore"].sampling_keys()
     assert rft_keys(configs["rft"]) == rft_keys(configs["outcome_dpo"].rft) == rft_keys(configs["self_explore"].rft)
+    from framework.data.answers import NumericAnswerChecker as Numeric
+
+    assert configs["rft"].kept_keys(Numeric()) == configs["self_explore"].kept_keys(Numeric())
 
 
 def test_a_dataset_without_gold_answers_is_refused():
@@ -289,7 +472,6 @@ def test_a_dataset_without_gold_answers_is_refused():
 def _scripted_sampling(monkeypatch, completions: dict[str, str], explorer_calls: list):
     """Rationales: per question the gold solution, one with a wrong final line, one with a wrong first
     line. Explorer: a prefix continues to the gold answer iff it is a prefix of the gold solution."""
-    from framework.algorithms import rft
     from framework.decoding import Candidate, Decoded
 
     def wrong_last(solution):
@@ -325,7 +507,7 @@ def _scripted_sampling(monkeypatch, completions: dict[str, str], explorer_calls:
             return outputs
         return continue_prefixes
 
-    monkeypatch.setattr(rft, "SampleDecoder", FakeDecoder)
+    monkeypatch.setattr(rationales, "SampleDecoder", FakeDecoder)
     monkeypatch.setattr(self_explore, "sampling_explorer", fake_explorer)
 
 
@@ -350,16 +532,24 @@ def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
         assert len(list((cache / kind).glob("*/stage.json"))) == 1, kind
     pairs = [json.loads(line) for line in next((cache / "step_pairs").glob("*/output/pairs.jsonl")).open()]
     records = [json.loads(line) for line in next((cache / "exploration").glob("*/output/exploration.jsonl")).open()]
-    # 8 questions x 2 incorrect rationales: the wrong final line has its pit at the last step, the wrong
-    # first line at step 1 (chosen: the question's correct rationale)
-    assert len(records) == 16 and len(pairs) == 16
-    assert sorted({p["pit"] for p in pairs}) == sorted({1, *(len(r["steps"]) for r in records)})
+    outcome = [json.loads(line) for line in next((cache / "outcome_pairs").glob("*/output/pairs.jsonl")).open()]
+    # 8 questions, each with 1 kept correct rationale (the gold one) and 2 incorrect ones: one outcome pair
+    # per question, whose rejected side (the one farther from the gold text) alone is explored
+    assert len(outcome) == 8 and all(pair["chosen"] == completions[pair["prompt"]] for pair in outcome)
+    assert [(r["question_index"], r["rationale_index"]) for r in records] == \
+        [(p["question_index"], p["rejected_index"]) for p in outcome]
+    # a wrong first line: pit at step 1, chosen = the outcome pair's chosen; a wrong final line: pit at the
+    # answer line, whose rejected loses that line and is empty, so no pair
+    wrong_first = [r for r in records if r["pit"] == 1]
+    assert len(pairs) == len(wrong_first) and all(r["pit"] == len(r["steps"]) for r in records if r["pit"] != 1)
     for pair in pairs:
-        gold = completions[next(p for p in completions if pair["prompt"].startswith(p))]
-        assert pair["chosen"].endswith(gold.rsplit("\n", 1)[1]) and not pair["rejected"].endswith(gold.split()[-1])
-    assert logged["self_explore/pairs"] == 16 and logged["self_explore/pits_found"] == 16
-    assert logged["self_explore/pits_at_step_1"] == 8 and logged["self_explore/rollouts"] > 0
-    assert explorer_calls and max(explorer_calls) == 16  # the first round batches every rationale
+        gold = completions[pair["prompt"]]
+        assert pair["chosen"] == gold and pair["rejected"] != gold.split("\n")[0] + "\n"
+        assert pair["rejected"].count("\n") == 1 and "####" not in pair["rejected"]
+    assert logged["self_explore/pairs"] == len(pairs) and logged["self_explore/pits_found"] == 8
+    assert logged.get("self_explore/dropped_empty_rejected", 0) == 8 - len(pairs) and logged["self_explore/rollouts"] > 0
+    assert logged["rft/kept_correct"] == 8
+    assert explorer_calls and max(explorer_calls) == 8  # the first round batches every rationale
     # outcome DPO and RFT on the same inputs reuse the rationale set and the RFT model
     calls_before = len(explorer_calls)
     outcome = run(compose_config(["algorithm=outcome_dpo", *shared, *rft_node], cache), tmp_path / "b")
@@ -376,7 +566,6 @@ def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
 
 def test_zero_pairs_is_an_error_that_says_what_to_raise(monkeypatch, tmp_path):
     from framework.__main__ import run
-    from framework.algorithms import rft
     from framework.decoding import Candidate, Decoded
 
     class AlwaysWrong:  # every rationale incorrect: RFT has nothing to learn from, and no chosen side exists
@@ -386,13 +575,13 @@ def test_zero_pairs_is_an_error_that_says_what_to_raise(monkeypatch, tmp_path):
         def decode(self, model, tokenizer, prompts, progress=True):
             return [Decoded([Candidate("1 + 1 = 2\n#### 999", 5, -1.0, True, [0] * 5)], [0]) for _ in prompts]
 
-    monkeypatch.setattr(rft, "SampleDecoder", AlwaysWrong)
+    monkeypatch.setattr(rationales, "SampleDecoder", AlwaysWrong)
     monkeypatch.setattr(self_explore, "sampling_explorer",
                         lambda *args: (lambda prompts: [["#### 999"] * 4 for _ in prompts]))
     shared = [*FAST, *FAST_TRAINING, "algorithm.starting_point=base", "algorithm.train_prompts=4"]
     with pytest.raises(ConfigError, match="RFT has nothing to train on; raise rationales_per_question"):
         run(compose_config(["algorithm=self_explore", *shared], tmp_path / "cache"), tmp_path / "a")
-    with pytest.raises(ConfigError, match="no step-level pair .* 4 pits at step 1 with no correct rationale"):
+    with pytest.raises(ConfigError, match=r"no step-level pair \(0 outcome pairs, 0 incorrect rationales explored"):
         run(compose_config(["algorithm=self_explore", *shared, "algorithm.use_rft=false"], tmp_path / "cache"),
             tmp_path / "b")
     with pytest.raises(ConfigError, match="outcome_dpo: no training question has both"):

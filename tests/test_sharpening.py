@@ -1,6 +1,5 @@
 """Label-free sharpening: self-rewards, the pair builder, the DPO losses against hand-computed values,
 label stripping, and BoN-SFT / DPO on a training split whose answers were removed."""
-import math
 import random
 from pathlib import Path
 
@@ -10,8 +9,9 @@ from datasets import Dataset
 
 from conftest import PROMPTS, compose_config
 from framework import registry
-from framework.algorithms import AlgorithmContext, starting_context
-from framework.algorithms.dpo import completion_logps, sigmoid_dpo_loss, squared_sharpening_loss
+from framework.algorithms import AlgorithmContext
+from framework.algorithms.starting import starting_context
+from framework.algorithms.dpo import SquaredSharpeningDPOTrainer, completion_logps, squared_sharpening_loss
 from framework.algorithms.sharpening import SampledPrompt, build_pairs, self_rewards
 from framework.config import to_validated
 from framework.data.answers import NumericAnswerChecker
@@ -92,9 +92,99 @@ def test_unfinished_samples_are_dropped_when_required():
 PAIR = [torch.tensor([-2.0]), torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-4.0])]
 
 
-def test_sigmoid_loss_by_hand():
-    expected = -math.log(1 / (1 + math.exp(-0.5 * 2)))  # -log sigmoid(beta * margin) = 0.31326
-    assert sigmoid_dpo_loss(*PAIR, beta=0.5).item() == pytest.approx(expected, rel=1e-6)
+PAIRS = [{"prompt": PROMPTS[0], "chosen": "3 + 4 = 7\n#### 7", "rejected": "3 + 4 = 8\n#### 8"},
+         {"prompt": PROMPTS[1], "chosen": "12 - 2 = 10\n10 - 5 = 5\n#### 5", "rejected": "#### 4"},
+         {"prompt": PROMPTS[0], "chosen": "#### 7", "rejected": "3 + 4 = 7\n7 - 1 = 6\n#### 6"}]
+
+
+def _dpo_trainer(trainer_class, policy, reference, tokenizer, tmp_path, lora=False):
+    from peft import LoraConfig
+    from trl import DPOConfig
+
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), beta=0.5, loss_type=["sigmoid"], per_device_train_batch_size=3,
+                     report_to="none", use_cpu=True, bf16=False)
+    peft = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if lora else None
+    return trainer_class(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(PAIRS),
+                         processing_class=tokenizer, peft_config=peft)
+
+
+def _hand_loss(policy, reference, tokenizer, loss: str) -> float:
+    """The loss from per-sequence log-probs recomputed one by one (TRL appends EOS to both sides here)."""
+    prompts = [pair["prompt"] for pair in PAIRS]
+    logp = lambda model, side: torch.tensor(teacher_forced_logprobs(  # noqa: E731
+        model, tokenizer, prompts, [pair[side] for pair in PAIRS], append_eos=True), dtype=torch.float64)
+    chosen, rejected = logp(policy, "chosen"), logp(policy, "rejected")
+    ref_chosen, ref_rejected = logp(reference, "chosen"), logp(reference, "rejected")
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+    if loss == "sigmoid":
+        return (-torch.nn.functional.logsigmoid(0.5 * margin)).mean().item()
+    return ((0.5 * margin - (ref_chosen - ref_rejected)) ** 2).mean().item()
+
+
+def _models():
+    from framework import tiny
+
+    tokenizer = tiny.build_tokenizer()
+    build = lambda seed: tiny.build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2,  # noqa: E731
+                                          intermediate_size=64, max_positions=128, seed=seed)
+    return build(0), build(1), tokenizer
+
+
+@pytest.mark.parametrize("trainer_kind", ["sigmoid", "squared"])
+def test_the_trainers_optimise_the_hand_formula_on_a_batch(trainer_kind, tmp_path):
+    """What `compute_loss` returns (what the Trainer backpropagates) equals the formula computed by hand:
+    TRL's sigmoid loss (algorithm=dpo, outcome_dpo, self_explore) and the squared regression."""
+    from trl import DPOTrainer
+
+    policy, reference, tokenizer = _models()
+    expected = _hand_loss(policy, reference, tokenizer, trainer_kind)
+    trainer_class = DPOTrainer if trainer_kind == "sigmoid" else SquaredSharpeningDPOTrainer
+    trainer = _dpo_trainer(trainer_class, policy, reference, tokenizer, tmp_path)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch).item()
+    assert loss == pytest.approx(expected, rel=1e-4) and abs(expected) > 1e-3
+
+
+def test_squared_dpo_survives_trl_renaming_its_private_loss_helper(monkeypatch, tmp_path):
+    """If a TRL release renamed DPOTrainer's private `_compute_loss`, an override of it would silently train
+    the sigmoid loss; the squared trainer overrides the Trainer's public `compute_loss` instead."""
+    from trl import DPOTrainer
+
+    renamed = DPOTrainer._compute_loss
+    monkeypatch.delattr(DPOTrainer, "_compute_loss")
+    monkeypatch.setattr(DPOTrainer, "_compute_loss_renamed", renamed, raising=False)
+    monkeypatch.setattr(DPOTrainer, "compute_loss", lambda self, model, inputs, return_outputs=False,
+                        num_items_in_batch=None: self._compute_loss_renamed(model, inputs, return_outputs))
+    policy, reference, tokenizer = _models()
+    trainer = _dpo_trainer(SquaredSharpeningDPOTrainer, policy, reference, tokenizer, tmp_path)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch).item()
+    assert loss == pytest.approx(_hand_loss(policy, reference, tokenizer, "squared"), rel=1e-4)
+
+
+def test_squared_dpo_under_lora_scores_the_reference_with_the_adapter_off(tmp_path):
+    """Under LoRA there is no reference copy (TRL switches the adapter off): the loss must still be the
+    formula with pi_base = the model without its adapter, once the adapter has moved."""
+    import copy
+
+    policy, _, tokenizer = _models()
+    base = copy.deepcopy(policy)
+    trainer = _dpo_trainer(SquaredSharpeningDPOTrainer, policy, None, tokenizer, tmp_path, lora=True)
+    assert trainer.ref_model is None
+    with torch.no_grad():  # move the adapter: LoRA's B starts at zero, so the policy would equal the base
+        generator = torch.Generator().manual_seed(0)
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    moved = trainer.accelerator.unwrap_model(trainer.model)
+    expected = _hand_loss(moved, base, tokenizer, "squared")
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch).item()
+    assert loss == pytest.approx(expected, rel=1e-4)
+    assert _hand_loss(moved, moved, tokenizer, "squared") != pytest.approx(expected, rel=1e-2)  # the base mattered
 
 
 def test_squared_loss_by_hand():
@@ -161,9 +251,8 @@ def test_squared_loss_refuses_a_selector_other_than_logprob():
 
 # ---------------------------------------------------------------------------- label-free
 def test_label_free_methods_are_registered_as_such():
-    for name in ("bon_sft", "dpo", "xpo"):
-        if name in registry.algorithms.names():
-            assert getattr(registry.algorithms.get(name), "label_free", False), name
+    for name in ("bon_sft", "dpo", "xpo"):  # get() raises for a method that is no longer registered
+        assert getattr(registry.algorithms.get(name), "label_free", False), name
     for name in ("sft", "soc"):
         assert not getattr(registry.algorithms.get(name), "label_free", False), name
 

@@ -1,8 +1,10 @@
 """XPO: the loss against hand-computed values, its alpha = 0 identity with DPO, the alpha schedule, the
 preference rule with ties, config checks, and two training steps on a tiny random model from prompts
 alone (no gold-answer or completion column)."""
+import copy
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -147,45 +149,108 @@ def _prompt_only_context(model_and_tokenizer, tmp_path, **config) -> AlgorithmCo
                             report_to="none", output_dir=tmp_path / "out")
 
 
-def test_two_steps_from_prompts_alone(model_and_tokenizer, tmp_path, monkeypatch):
-    model, tokenizer = model_and_tokenizer
-    ctx = _prompt_only_context(model_and_tokenizer, tmp_path)
+@pytest.fixture(scope="module")
+def recorded_run(model_and_tokenizer, tmp_path_factory):
+    """Two XPO steps from prompts alone, recording per step what was sampled (with which model, and that
+    model's weights), what the self-reward saw and returned, what the loss was given, and the logs."""
+    import framework.algorithms.xpo as xpo
 
-    calls = []  # what the self-reward saw and returned, checked against pi_base below
-    original_call = SelfReward.__call__
+    tmp_path = tmp_path_factory.mktemp("xpo-run")
+    record = SimpleNamespace(ctx=_prompt_only_context(model_and_tokenizer, tmp_path), cache=tmp_path / "cache",
+                             samples=[], rewards=[], losses=[], logged=[])
+    original_sample, original_call, original_loss = XPOTrainer._sample, SelfReward.__call__, xpo.xpo_loss
+    original_log = XPOTrainer.log
 
-    def recording_call(self, prompts, completions, completion_ids, **kwargs):
+    def sample(self, model, prompt_ids, prompt_mask):
+        ids, mask = original_sample(self, model, prompt_ids, prompt_mask)
+        record.samples.append({
+            "frozen_reference": model is self.ref_model and not any(p.requires_grad for p in model.parameters()),
+            "weights": {name: value.detach().clone() for name, value in model.state_dict().items()},
+            "ids": [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(1).tolist())]})
+        return ids, mask
+
+    def reward(self, prompts, completions, completion_ids, **kwargs):
         rewards = original_call(self, prompts, completions, completion_ids, **kwargs)
-        calls.append((list(prompts), [list(ids) for ids in completion_ids], rewards))
+        record.rewards.append((list(prompts), [list(ids) for ids in completion_ids], rewards))
         return rewards
 
-    monkeypatch.setattr(SelfReward, "__call__", recording_call)
-    logged = []  # the trainer's log records (checkpoints are deleted once the stage commits)
-    original_log = XPOTrainer.log
-    monkeypatch.setattr(XPOTrainer, "log", lambda self, logs, *args, **kwargs: (
-        logged.append(dict(logs)), original_log(self, logs, *args, **kwargs))[1])
-    handle = run(ctx)
+    def loss(*logps, **kwargs):  # policy chosen, policy rejected, ref chosen, ref rejected, policy on y~
+        record.losses.append([value.detach().clone() for value in logps])
+        return original_loss(*logps, **kwargs)
 
-    stage = json.loads((tmp_path / "cache" / "xpo" / handle.fingerprint["key"] / "stage.json").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(XPOTrainer, "_sample", sample)
+        patch.setattr(SelfReward, "__call__", reward)
+        patch.setattr(xpo, "xpo_loss", loss)
+        patch.setattr(XPOTrainer, "log", lambda self, logs, *args, **kwargs: (  # checkpoints go when it commits
+            record.logged.append(dict(logs)), original_log(self, logs, *args, **kwargs))[1])
+        record.handle = run(record.ctx)
+    record.steps = [entry for entry in record.logged if "xpo/policy_chosen" in entry]
+    return record
+
+
+def test_two_steps_from_prompts_alone(model_and_tokenizer, recorded_run):
+    model, tokenizer = model_and_tokenizer
+    handle = recorded_run.handle
+    stage = json.loads((recorded_run.cache / "xpo" / handle.fingerprint["key"] / "stage.json").read_text())
     assert stage["global_step"] == 2
-    steps = [entry for entry in logged if "xpo/policy_chosen" in entry]
-    assert len(steps) == 2
-    for entry in steps:
+    assert len(recorded_run.steps) == 2
+    for entry in recorded_run.steps:
         assert 0.0 <= entry["xpo/policy_chosen"] <= 1.0 and entry["xpo/alpha"] == pytest.approx(1e-2)
-        assert entry["xpo/alpha_term"] == pytest.approx(1e-2 * entry["xpo/logps_ref_sample"], rel=1e-5)
         assert math.isfinite(entry["loss"]) and entry["beta"] == pytest.approx(0.1)
 
     # r_self is log pi_base(y | x) at temperature 1: recompute each sample unpadded with the base model
-    assert len(calls) == 2 and all(len(rewards) == 8 for _, _, rewards in calls)
-    for call_prompts, call_ids, rewards in calls:
+    assert len(recorded_run.rewards) == 2 and all(len(rewards) == 8 for _, _, rewards in recorded_run.rewards)
+    for call_prompts, call_ids, rewards in recorded_run.rewards:
         for prompt, ids, reward in zip(call_prompts, call_ids, rewards):
             assert reward == pytest.approx(_sequence_logprob(model, tokenizer, prompt, ids), abs=1e-4)
+
+    # the alpha term is alpha * mean log pi(y~ | x) under the policy of that step (its weights as it sampled y),
+    # recomputed unpadded from the y~ rows (the second half) of what the self-reward was handed
+    policy = copy.deepcopy(model)
+    for entry, policy_sample, (call_prompts, call_ids, _) in zip(recorded_run.steps, recorded_run.samples[::2],
+                                                                  recorded_run.rewards):
+        policy.load_state_dict(policy_sample["weights"])
+        batch = len(call_prompts) // 2
+        logps = [_sequence_logprob(policy, tokenizer, prompt, ids)
+                 for prompt, ids in zip(call_prompts[batch:], call_ids[batch:])]
+        assert entry["xpo/alpha_term"] == pytest.approx(1e-2 * sum(logps) / batch, rel=1e-4)
+        # both terms of the loss are logged, with their ratio
+        assert entry["xpo/alpha_to_dpo_ratio"] == pytest.approx(abs(entry["xpo/alpha_term"]) / entry["xpo/dpo_loss"],
+                                                                rel=1e-4)
 
     from transformers import AutoModelForCausalLM
 
     trained = AutoModelForCausalLM.from_pretrained(handle.path)
     assert any(not torch.equal(p, q) for p, q in zip(trained.state_dict().values(), model.state_dict().values()))
-    assert run(ctx).path == handle.path  # a finished stage is reused, not retrained
+    assert run(recorded_run.ctx).path == handle.path  # a finished stage is reused, not retrained
+
+
+def test_a_step_pairs_a_policy_sample_with_a_frozen_base_sample_and_prefers_the_higher_self_reward(
+        model_and_tokenizer, recorded_run):
+    base = model_and_tokenizer[0].state_dict()
+    same_as_base = lambda weights: all(torch.equal(weights[name], base[name]) for name in base)
+    samples = recorded_run.samples
+    assert len(samples) == 4  # per step: y from the policy, then y~ from pi_base
+    policy_samples, reference_samples = samples[::2], samples[1::2]
+    assert not any(sample["frozen_reference"] for sample in policy_samples)
+    assert all(sample["frozen_reference"] and same_as_base(sample["weights"]) for sample in reference_samples)
+    # the first step's policy is pi_base itself; by the second it has moved, and y is still drawn from it
+    assert same_as_base(policy_samples[0]["weights"]) and not same_as_base(policy_samples[1]["weights"])
+
+    for policy_sample, reference_sample, (prompts, ids, rewards), logps in zip(
+            policy_samples, reference_samples, recorded_run.rewards, recorded_run.losses):
+        batch = len(prompts) // 2
+        assert ids == policy_sample["ids"] + reference_sample["ids"]  # rows: the y of each prompt, then its y~
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, policy_ref_sample = (v.tolist() for v in logps)
+        for i in range(batch):
+            r_y, r_y_tilde = rewards[i], rewards[batch + i]
+            y_wins = r_y >= r_y_tilde  # ties go to the policy sample
+            # r_self = log pi_base, so the reference log-probs of the pair are the two self-rewards
+            assert (ref_chosen[i], ref_rejected[i]) == pytest.approx(
+                (r_y, r_y_tilde) if y_wins else (r_y_tilde, r_y), abs=1e-5)
+            # and y~ is on the side its reward put it: rejected when y wins, chosen otherwise
+            assert (policy_rejected if y_wins else policy_chosen)[i] == policy_ref_sample[i]
 
 
 class Interrupted(Exception):
@@ -213,9 +278,3 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(model_and_tokenizer
     assert steps == [0, 1, 2]  # only the third step ran again
     stage = json.loads((tmp_path / "cache" / "xpo" / handle.fingerprint["key"] / "stage.json").read_text())
     assert stage["global_step"] == 3
-
-
-def test_trainer_is_an_online_dpo_subclass():
-    from trl.experimental.online_dpo import OnlineDPOTrainer
-
-    assert issubclass(XPOTrainer, OnlineDPOTrainer)

@@ -58,4 +58,5 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     config: BoNSFTConfig = ctx.config
     targets = best_of_n_targets(ctx, config)
     return train_in_stage(ctx, "bon_sft", ctx.stage_spec(),
-                          lambda checkpoint_dir: make_sft_trainer(ctx, config, checkpoint_dir, train=targets))
+                          lambda checkpoint_dir: make_sft_trainer(ctx, config, checkpoint_dir, train=targets),
+                          code=__name__)

@@ -22,7 +22,6 @@ import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
@@ -77,17 +76,22 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 class SquaredSharpeningDPOTrainer(DPOTrainer):
     """DPOTrainer whose loss is the squared regression above; data, batching, reference model,
-    checkpointing and logging stay TRL's. Written here because TRL has no such loss type."""
+    checkpointing and logging stay TRL's. Written here because TRL has no such loss type.
 
-    def _compute_loss(self, model, inputs, return_outputs):
+    It overrides the Trainer's public `compute_loss` (not a TRL-private helper that a TRL release could
+    rename, silently restoring the sigmoid loss) and reads only the collated batch: `input_ids`,
+    `attention_mask`, `completion_mask`, the chosen rows first, then the rejected ones (TRL's DPO layout;
+    a change there fails with a KeyError or a shape error, not silently). Like TRL's DPO loss it is a
+    mean over the micro-batch's pairs, which the Trainer divides by the accumulation steps."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         args = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         chosen_logps, rejected_logps = completion_logps(model, *args).chunk(2)
         if "ref_chosen_logps" in inputs:  # precompute_ref_log_probs
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
-            with torch.no_grad():
-                ref_chosen_logps, ref_rejected_logps = completion_logps(self.ref_model, *args).chunk(2)
+            ref_chosen_logps, ref_rejected_logps = self._reference_logps(model, args).chunk(2)
         per_pair = squared_sharpening_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
                                            self.beta)
         chosen_rewards = self.beta * (chosen_logps - ref_chosen_logps).detach()
@@ -101,14 +105,22 @@ class SquaredSharpeningDPOTrainer(DPOTrainer):
         }
         for key, value in metrics.items():
             self._metrics[mode][key].append(self.accelerator.gather(value).mean().item())
+        if mode == "train":
+            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
         loss = per_pair.mean()
         return (loss, None) if return_outputs else loss
 
-
-def sigmoid_dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float) -> torch.Tensor:
-    """TRL's `sigmoid` loss, restated for the unit tests that pin its value."""
-    margin = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
-    return -F.logsigmoid(beta * margin)
+    @torch.no_grad()
+    def _reference_logps(self, model, args) -> torch.Tensor:
+        """log pi_base of every row: the frozen copy, or under LoRA (no copy) the policy with its adapter off."""
+        if self.ref_model is not None:
+            return completion_logps(self.ref_model, *args)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not hasattr(unwrapped, "disable_adapter"):
+            raise RuntimeError("squared DPO needs a reference: a ref_model, a LoRA adapter to switch off, or "
+                               "precompute_ref_log_probs")
+        with unwrapped.disable_adapter():
+            return completion_logps(model, *args)
 
 
 def preference_pairs(ctx: AlgorithmContext, config: DPOAlgorithmConfig) -> Dataset:
@@ -143,4 +155,4 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
                              args=args, train_dataset=pairs, processing_class=ctx.base.load_tokenizer(),
                              peft_config=peft_config(ctx))
 
-    return train_in_stage(ctx, "dpo", ctx.stage_spec(), make_trainer)
+    return train_in_stage(ctx, "dpo", ctx.stage_spec(), make_trainer, code=__name__)

@@ -1,87 +1,68 @@
-"""`algorithm=outcome_dpo`: outcome-level DPO, the baseline of Self-Explore (Hwang et al. 2024, §4).
+"""`algorithm=outcome_dpo`: outcome-level DPO, the baseline of Self-Explore (Hwang et al. 2024, §4), with
+its data as the authors' scripts build it (self-explore-repo.md, "Outcome-level pairs").
 
     y_1..y_K ~ pi_sft(. | x) per training question       (the shared rationale set, as algorithm=rft)
-    pi_0 = RFT(pi_sft) if use_rft else pi_sft             (the shared `rft` stage)
-    pairs: (x, y+ = a correct rationale, y- = an incorrect rationale of the same question)
-    DPO (sigmoid) from pi_0 against the frozen pi_0
+    pi_0 = RFT if use_rft else pi_sft                     (the shared `rft` stage)
+    kept set: C(x) = deduplicated correct rationales (<= M), W(x) = distinct incorrect ones
+    for each y+ in C(x): y- = the unused y in W(x) farthest from y+ (edit distance)   (stage `outcome_pairs`)
+    DPO (sigmoid) from pi_0 against the frozen pi_0 on (x, y+ + EOS, y- without its answer line, no EOS)
 
-Every distinct incorrect rationale of a question is paired with one of its distinct correct ones,
-cycling through them (so K samples give as many pairs as Self-Explore can build at most, one per
-incorrect rationale); `max_pairs_per_question` caps that. Questions with no correct or no incorrect
-rationale give no pair. Self-Explore (algorithm=self_explore) replaces these pairs with step-level ones.
+Questions without a kept correct or without an incorrect rationale give no pair. Self-Explore
+(algorithm=self_explore) explores the rejected sides of these pairs to build step-level pairs instead.
 """
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field, fields
-
-from datasets import Dataset
-from trl import DPOConfig, DPOTrainer
+from collections import Counter
+from dataclasses import dataclass, field
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.rft import (OnEmptyConfig, RationaleSamplingConfig, RFTStageConfig, SampledQuestion,
-                                      distinct_correct, normalized, nothing_to_train, rft_model, sample_rationales,
-                                      stored_records)
-from framework.algorithms.training import peft_config, reference_model, train_in_stage, trainer_arguments
-from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
+from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo_on_pairs
+from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingConfig, SampledQuestion, kept_set,
+                                             nothing_to_train, outcome_pairs, rejected_for_training,
+                                             resolved_pairing, sample_rationales, stored_records)
+from framework.algorithms.rft import RFTStageConfig, rft_model
+from framework.config import AlgorithmConfig, StartingPointConfig, require
 from framework.models import ModelHandle
 
 log = logging.getLogger(__name__)
 PAIRS_FILE = "pairs.jsonl"
 
 
-@dataclass
-class PreferenceTrainingConfig(TrainingConfig):
-    """DPO's keys on top of the training keys (TrainingConfig's names)."""
+def outcome_pair_set(ctx: AlgorithmContext, config: RationaleSamplingConfig, questions: list[SampledQuestion],
+                     rationales_key: str, max_pairs_per_question: int | None) -> tuple[list[dict], str, dict]:
+    """Every question's outcome pairs (stage `outcome_pairs`: raw rationale texts, before the rejected
+    side is trimmed for training), its key and its summary: pairs and what each rule dropped."""
+    keys = config.kept_keys(ctx.data.checker)
+    pairing = resolved_pairing(config.outcome_pairing, ctx.data.checker)
 
-    beta: float = 0.1  # DPO sigmoid temperature (Self-Explore paper: 0.1)
+    def compute():
+        kept, summary = kept_set(questions, keys)
+        drops: Counter = Counter()
+        pairs = [pair for k in kept for pair in outcome_pairs(k, pairing, max_pairs_per_question, drops)]
+        summary = {**summary, "pairs": len(pairs), "questions_with_pairs": len({p["question_index"] for p in pairs}),
+                   "distinct_chosen_per_question": _distinct_chosen_per_question(pairs),
+                   **{f"dropped_{rule}": count for rule, count in sorted(drops.items())}}
+        return pairs, summary
 
-    def checks(self, prefix: str) -> None:
-        TrainingConfig.checks(self, prefix)
-        require(math.isfinite(self.beta) and self.beta > 0, f"{prefix}.beta", "must be > 0", self.beta)
-
-    def preference_keys(self) -> dict:
-        return {item.name: getattr(self, item.name) for item in fields(PreferenceTrainingConfig)}
-
-
-def train_dpo_on_pairs(ctx: AlgorithmContext, kind: str, start: ModelHandle, pairs: list[dict],
-                       config: PreferenceTrainingConfig, pairs_key: str) -> ModelHandle:
-    """Sigmoid DPO from `start` against a frozen copy of `start` (as algorithm=dpo calls TRL)."""
-    spec = {"pairs": pairs_key, "start": start.fingerprint, "training": config.preference_keys(), "seed": ctx.seed}
-    train = Dataset.from_list([{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in pairs])
-
-    def make_trainer(checkpoint_dir: str):
-        args = DPOConfig(**trainer_arguments(config, ctx, checkpoint_dir), beta=config.beta, loss_type=["sigmoid"])
-        # the reference is the starting model (the RFT model when enabled), loaded explicitly
-        return DPOTrainer(model=start.load_model(ctx.runtime), ref_model=reference_model(ctx, start), args=args,
-                          train_dataset=train, processing_class=start.load_tokenizer(), peft_config=peft_config(ctx))
-
-    return train_in_stage(ctx, kind, spec, make_trainer, start=start)
+    spec = {"rationales": rationales_key, "kept": keys, "pairing": pairing, "max_pairs_per_question":
+            max_pairs_per_question}
+    pairs, key, summary = stored_records(ctx, "outcome_pairs", spec, PAIRS_FILE, compute, code=__name__)
+    ctx.log({f"outcome_pairs/{name}": value for name, value in _summary_counts(summary).items()})
+    return pairs, key, summary
 
 
-# ---------------------------------------------------------------------------- pairs
-def outcome_pairs(question: SampledQuestion, require_finished: bool,
-                  max_pairs_per_question: int | None = None) -> list[dict]:
-    """(prompt, chosen = correct rationale, rejected = incorrect rationale) of one question.
+def _distinct_chosen_per_question(pairs: list[dict]) -> float:
+    chosen: dict[int, set] = {}
+    for pair in pairs:
+        chosen.setdefault(pair["question_index"], set()).add(pair["chosen"])
+    return sum(map(len, chosen.values())) / max(len(chosen), 1)
 
-    The j-th distinct incorrect rationale (sampling order) is paired with the (j mod |C|)-th distinct
-    correct one, at most `max_pairs_per_question` pairs."""
-    usable = question.usable(require_finished)
-    correct = distinct_correct(usable)
-    seen, incorrect = set(), []
-    for rationale in usable:
-        key = normalized(rationale.text)
-        if not rationale.correct and key and key not in seen:
-            seen.add(key)
-            incorrect.append(rationale.text)
-    if not correct:
-        return []
-    if max_pairs_per_question is not None:
-        incorrect = incorrect[:max_pairs_per_question]
-    return [{"question_index": question.question_index, "prompt": question.prompt,
-             "chosen": correct[j % len(correct)], "rejected": rejected} for j, rejected in enumerate(incorrect)]
+
+def _summary_counts(summary: dict) -> dict:
+    """The numbers of a stage summary (not its spec or compute record), for the tracker."""
+    return {key: value for key, value in summary.items() if isinstance(value, (int, float)) and key != "finished_at"}
 
 
 # ---------------------------------------------------------------------------- algorithm=outcome_dpo
@@ -90,7 +71,7 @@ class OutcomeDPOConfig(PreferenceTrainingConfig, RationaleSamplingConfig, OnEmpt
                        AlgorithmConfig):
     name: str = "outcome_dpo"
     use_rft: bool = True  # DPO from (and against) the RFT model, as in the paper; false: the starting model
-    max_pairs_per_question: int | None = None  # null: one pair per distinct incorrect rationale
+    max_pairs_per_question: int | None = None  # null: min(kept correct, distinct incorrect), the scripts'
     rft: RFTStageConfig = field(default_factory=RFTStageConfig)
 
     def checks(self, prefix: str) -> None:
@@ -109,22 +90,18 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     # the RFT model (policy, reference) or, without RFT, the starting model
     start = (rft_model(ctx, questions, rationales_key, config, config.rft, "outcome_dpo", config.on_empty)
              if config.use_rft else ctx.base)
-
-    def compute():
-        pairs = [pair for q in questions
-                 for pair in outcome_pairs(q, config.require_finished, config.max_pairs_per_question)]
-        return pairs, {"pairs": len(pairs), "questions_with_pairs": len({p["question_index"] for p in pairs})}
-
-    spec = {"rationales": rationales_key, "max_pairs_per_question": config.max_pairs_per_question,
-            "require_finished": config.require_finished}
-    pairs, pairs_key = stored_records(ctx, "outcome_pairs", spec, PAIRS_FILE, compute)
-    ctx.log({"outcome_dpo/pairs": len(pairs)})
-    if not pairs:
+    pairs, pairs_key, summary = outcome_pair_set(ctx, config, questions, rationales_key, config.max_pairs_per_question)
+    drops: Counter = Counter()
+    training = rejected_for_training(pairs, ctx.data.checker, config.strip_rejected_answer, drops)
+    trimmed = {"training_pairs": len(training), **{f"dropped_{rule}": count for rule, count in drops.items()}}
+    ctx.log({f"outcome_dpo/{name}": value for name, value in trimmed.items()})
+    counts = {**_summary_counts(summary), **trimmed}
+    if not training:
         return nothing_to_train(ctx, config.on_empty, "outcome_dpo", "algorithm=outcome_dpo: no training question has "
                                 "both a correct and an incorrect rationale, so there is no pair; raise "
                                 "rationales_per_question, temperature or train_prompts, or start from a stronger "
                                 "model (starting_point=sft)", start)
-    ctx.log({"outcome_dpo/pairs": len(pairs), "outcome_dpo/questions_with_pairs":
-             len({p["question_index"] for p in pairs})})
-    log.info("outcome-level DPO on %d pairs", len(pairs))
-    return train_dpo_on_pairs(ctx, "outcome_dpo", start, pairs, config, pairs_key)
+    log.info("outcome-level DPO on %d pairs of %d questions", len(training), counts["questions_with_pairs"])
+    pairs_identity = {"outcome_pairs": pairs_key, "strip_rejected_answer": config.strip_rejected_answer}
+    return train_dpo_on_pairs(ctx, "outcome_dpo", start, training, config, pairs_identity,
+                              metadata={"pairs": counts})

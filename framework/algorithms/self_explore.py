@@ -1,18 +1,21 @@
-"""`algorithm=self_explore`: Self-Explore (Hwang et al., Findings of EMNLP 2024; algorithms.md §4).
-Uses gold final answers (outcome supervision) to find, in each incorrect rationale, its first pit.
+"""`algorithm=self_explore`: Self-Explore (Hwang et al., Findings of EMNLP 2024; algorithms.md §4), with its
+data as the authors' scripts build it (self-explore-repo.md). Uses gold final answers (outcome supervision)
+to find, in each incorrect rationale, its first pit.
 
     pi_sft                                   the starting model (`starting_point: sft`, the shared SFT stage)
     y_1..y_K ~ pi_sft(. | x)                 the rationale set, K per training question     (stage `rationales`)
-    pi_0 = RFT(pi_sft) if use_rft else pi_sft   SFT on <= M distinct correct rationales      (stage `rft`)
-    for each incorrect rationale y = s_1 s_2 ... s_n   (steps from `step_splitter`):
+    pi_0 = RFT if use_rft else pi_sft        SFT on <= M deduplicated correct rationales    (stage `rft`)
+    D_pair = outcome pairs (y+, y-)          as algorithm=outcome_dpo builds them           (stage `outcome_pairs`)
+    for each rejected y- = s_1 s_2 ... s_n of D_pair   (steps from `step_splitter`):
         for i = 1 .. min(n, max_explored_steps):
             c_1..c_k ~ pi_0(. | x, s_1..s_i)            k = continuations_per_step
-            successes_i = #{j : x's gold answer is reached by s_1..s_i c_j}
-        first pit = the first i with successes_i = 0 (none: the rationale is dropped)  (stage `exploration`)
-    step-level pair per pit i:                                                         (stage `step_pairs`)
-        prompt   = x + s_1..s_{i-1}
-        rejected = s_i
-        chosen   = a correct continuation c_j sampled from (x, s_1..s_{i-1})   (i = 1: a correct y of x)
+            successes_i = {c_j : x's gold answer is reached by s_1..s_i c_j}
+        first pit w = the first i with no success (none: the rationale is dropped)       (stage `exploration`)
+    step-level pair per pit w, at most one per outcome pair:                           (stage `step_pairs`)
+        prompt   = x + s_1..s_{w-1}
+        rejected = s_w, without a final-answer line (empty: skipped), no EOS
+        chosen   = the shortest success from (x, s_1..s_{w-1}) not yet a chosen of x    (w = 1: y+)
+        kept only if neither its chosen nor its rejected text is used by a kept pair of x
     DPO (sigmoid, beta) from pi_0 against the frozen pi_0                               (stage `self_explore`)
 
 Exploration is batched: `rounds` (the default, as the authors' code does it) asks the explorer for the
@@ -23,14 +26,12 @@ more rollouts). The decode call batches `prefixes_per_batch` prefixes per `gener
 Step text is lossless: a splitter returns spans that concatenate back to the rationale, so every
 prompt above is exactly what the model wrote after x, and a continuation continues the model's own
 text. A finished incorrect rationale is its own (failed) continuation from s_1..s_n, so that last
-prefix counts 0 successes without sampling. TRL appends EOS to `rejected` (a lone step): the pair
-still contrasts the step against the correct continuation; the extra EOS is improbable under both the
-policy and the reference.
+prefix counts 0 successes without sampling.
 
-Zero pairs (no incorrect rationale reaches a pit with a chosen side), like zero correct rationales for
-RFT, is a ConfigError naming what to raise. `on_empty: skip_training` (asked for explicitly, e.g. by the
-integration test's random model) instead returns the model training would have started from, with a
-warning and `<stage>/skipped_training: 1` logged, so no run pretends it trained.
+Zero pairs, like zero correct rationales for RFT, is a ConfigError naming what to raise.
+`on_empty: skip_training` (asked for explicitly, e.g. by the integration test's random model) instead
+returns the model training would have started from, with a warning and `<stage>/skipped_training: 1`
+logged, so no run pretends it trained.
 """
 from __future__ import annotations
 
@@ -43,10 +44,12 @@ from typing import Callable
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.outcome_dpo import PreferenceTrainingConfig, train_dpo_on_pairs
-from framework.algorithms.rft import (OnEmptyConfig, RationaleSamplingConfig, RFTStageConfig, SampledQuestion,
-                                      distinct_correct, nothing_to_train, rft_model, sample_rationales,
-                                      stored_records)
+from framework.algorithms.outcome_dpo import outcome_pair_set
+from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo_on_pairs
+from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingConfig, SampledQuestion, kept_set,
+                                             nothing_to_train, rejected_for_training, sample_rationales,
+                                             stored_records)
+from framework.algorithms.rft import RFTStageConfig, rft_model
 from framework.config import AlgorithmConfig, StartingPointConfig, Validated, require
 from framework.decoding import SampleConfig, SampleDecoder
 from framework.errors import ConfigError
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 EXPLORATION_FILE = "exploration.jsonl"
 PAIRS_FILE = "pairs.jsonl"
 SCHEDULES = ("rounds", "all_prefixes")
+EXPLORED = ("outcome_pairs", "all_incorrect")
+STEP_CHOSEN = ("shortest_unused", "first")
 
 
 # ---------------------------------------------------------------------------- step splitters
@@ -171,7 +176,7 @@ def split_steps(splitter: str, text: str) -> list[str]:
 # ---------------------------------------------------------------------------- first-pit exploration
 @dataclass
 class ExplorationTarget:
-    """One incorrect rationale to explore."""
+    """One incorrect rationale to explore, and the correct rationale its outcome pair chose (if any)."""
 
     question_index: int
     rationale_index: int
@@ -179,6 +184,7 @@ class ExplorationTarget:
     gold: str
     steps: list[str]
     finished: bool
+    paired_chosen: str | None = None  # the outcome pair's chosen side: the chosen of a pit at step 1
 
 
 @dataclass
@@ -188,9 +194,10 @@ class ExplorationRecord:
     prompt: str
     steps: list[str]
     success_counts: list[int | None]  # per step (1-based step i at index i-1); None: not explored
-    correct_continuations: list[str | None]  # per step: the first continuation that reached the gold answer
+    successes: list[list[str]]  # per step: every continuation from that prefix that reached the gold answer
     pit: int | None  # the first pit, 1-based; None: no pit within max_explored_steps (dropped)
     rollouts: int  # continuations sampled for this rationale
+    paired_chosen: str | None = None
 
 
 def first_pit(success_counts: list[int | None]) -> int | None:
@@ -222,7 +229,7 @@ def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Call
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown exploration schedule {schedule!r}; expected one of {SCHEDULES}")
     counts = [[None] * len(t.steps) for t in targets]
-    continuations: list[list[str | None]] = [[None] * len(t.steps) for t in targets]
+    successes: list[list[list[str]]] = [[[] for _ in t.steps] for t in targets]
     rollouts = [0] * len(targets)
     limits = [sampled_step_limit(t, max_explored_steps) for t in targets]
 
@@ -232,9 +239,9 @@ def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Call
         texts = ["".join(targets[t].steps[:steps]) for t, steps in prefixes]
         sampled = continue_prefixes([targets[t].prompt + text for (t, _), text in zip(prefixes, texts)])
         for (t, steps), text, outputs in zip(prefixes, texts, sampled):
-            successes = [c for c in outputs if is_correct(text + c, targets[t].gold)]
-            counts[t][steps - 1] = len(successes)
-            continuations[t][steps - 1] = successes[0] if successes else None
+            reached = [c for c in outputs if is_correct(text + c, targets[t].gold)]
+            counts[t][steps - 1] = len(reached)
+            successes[t][steps - 1] = reached
             rollouts[t] += len(outputs)
 
     if schedule == "all_prefixes":
@@ -251,8 +258,8 @@ def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Call
         if target.finished and last <= max_explored_steps and all(c for c in counts[t][: last - 1]):
             counts[t][last - 1] = 0  # the rationale itself: a finished continuation that missed the gold answer
         records.append(ExplorationRecord(target.question_index, target.rationale_index, target.prompt,
-                                         target.steps, counts[t], continuations[t], first_pit(counts[t]),
-                                         rollouts[t]))
+                                         target.steps, counts[t], successes[t], first_pit(counts[t]),
+                                         rollouts[t], target.paired_chosen))
     return records
 
 
@@ -271,32 +278,61 @@ def sampling_explorer(model, tokenizer, continuations_per_step: int, temperature
 
 
 # ---------------------------------------------------------------------------- step-level pairs
-def step_level_pairs(records: list[ExplorationRecord],
-                     correct_rationales: dict[int, list[str]]) -> tuple[list[dict], Counter]:
-    """One (prompt, chosen, rejected) per rationale with a pit, and why the others gave none.
+def step_level_pairs(records: list[ExplorationRecord], correct_rationales: dict[int, list[str]], checker,
+                     strip_answer: bool = True, step_chosen: str = "shortest_unused",
+                     dedup: bool = True) -> tuple[list[dict], Counter]:
+    """At most one (prompt, chosen, rejected) per explored rationale, in record order, and why the others
+    gave none (`Counter` of rule -> dropped).
 
-    Pit at step i > 1: prompt = question + s_1..s_{i-1}, rejected = s_i, chosen = the first correct
-    continuation sampled from that prompt. Pit at step 1: chosen = a correct full rationale of the
-    question (its distinct ones in turn); a question without one gives no pair."""
-    pairs, dropped, used = [], Counter(), Counter()
+    Pit at step w > 1: prompt = question + s_1..s_{w-1}, rejected = s_w, chosen = the shortest success
+    from that prompt not yet a chosen of the question (`step_chosen=first`: the first success). Pit at
+    step 1: chosen = the record's outcome-pair chosen, else a kept correct rationale of the question in
+    turn. The rejected loses its final-answer line (`strip_answer`; a blank one drops the pair). With
+    `dedup`, a pair whose chosen or rejected text a kept pair of its question already uses is dropped."""
+    pairs, dropped = [], Counter()
+    used_chosen: dict[int, set[str]] = {}
+    used_rejected: dict[int, set[str]] = {}
+    turn = Counter()
     for record in records:
-        pit = record.pit
+        pit, question = record.pit, record.question_index
+        chosen_here, rejected_here = used_chosen.setdefault(question, set()), used_rejected.setdefault(question, set())
         if pit is None:
             dropped["no_pit"] += 1
             continue
         if pit == 1:
-            pool = correct_rationales.get(record.question_index, [])
+            pool = [record.paired_chosen] if record.paired_chosen is not None else correct_rationales.get(question, [])
             if not pool:
                 dropped["pit_at_step_1_without_a_correct_rationale"] += 1
                 continue
-            chosen = pool[used[record.question_index] % len(pool)]
-            used[record.question_index] += 1
+            chosen = pool[turn[question] % len(pool)] if record.paired_chosen is None else pool[0]
+            turn[question] += record.paired_chosen is None
         else:
-            chosen = record.correct_continuations[pit - 2]
-            assert chosen is not None, "a step before the first pit has a successful continuation"
-        pairs.append({"question_index": record.question_index, "rationale_index": record.rationale_index,
-                      "pit": pit, "prompt": record.prompt + "".join(record.steps[: pit - 1]),
-                      "chosen": chosen, "rejected": record.steps[pit - 1]})
+            candidates = record.successes[pit - 2]  # successes from the prefix before the pit: never empty
+            if step_chosen == "shortest_unused":
+                unused = [c for c in candidates if not (dedup and c in chosen_here)]
+                if not unused:
+                    dropped["no_unused_chosen"] += 1
+                    continue
+                chosen = min(unused, key=len)  # the first among equally short ones
+            else:
+                chosen = candidates[0]
+        rejected = record.steps[pit - 1]
+        if strip_answer:
+            rejected = rejected_for_training([{"rejected": rejected}], checker, True, dropped)
+            if not rejected:
+                continue  # counted as dropped_empty_rejected
+            rejected = rejected[0]["rejected"]
+        if dedup and chosen in chosen_here:
+            dropped["duplicate_chosen"] += 1
+            continue
+        if dedup and rejected in rejected_here:
+            dropped["duplicate_rejected"] += 1
+            continue
+        chosen_here.add(chosen)
+        rejected_here.add(rejected)
+        pairs.append({"question_index": question, "rationale_index": record.rationale_index, "pit": pit,
+                      "prompt": record.prompt + "".join(record.steps[: pit - 1]), "chosen": chosen,
+                      "rejected": rejected})
     return pairs, dropped
 
 
@@ -305,13 +341,13 @@ def exploration_summary(records: list[ExplorationRecord], pairs: list[dict], dro
     summary = {
         "rationales_explored": len(records),
         "pits_found": len(pits),
-        "no_pit": dropped["no_pit"],
-        "pit_at_step_1_without_a_correct_rationale": dropped["pit_at_step_1_without_a_correct_rationale"],
         "pairs": len(pairs),
         "rollouts": sum(r.rollouts for r in records),
         "mean_steps": sum(len(r.steps) for r in records) / max(len(records), 1),
         "mean_pit_position": sum(pits) / max(len(pits), 1),
+        "distinct_pairs": len({(p["prompt"], p["chosen"], p["rejected"]) for p in pairs}),
     }
+    summary.update({f"dropped_{rule}": count for rule, count in sorted(dropped.items())})
     summary.update({f"pits_at_step_{position}": count for position, count in sorted(Counter(pits).items())})
     return summary
 
@@ -327,6 +363,9 @@ class ExplorationConfig(Validated):
     continuation_max_new_tokens: int = 96
     prefixes_per_batch: int = 16  # x continuations_per_step sequences per `generate` call
     exploration_schedule: str = "rounds"  # rounds (one decode call per step index) | all_prefixes (one call)
+    explored_rationales: str = "outcome_pairs"  # outcome_pairs: the rejected sides of D_pair (the scripts') | all_incorrect
+    step_chosen: str = "shortest_unused"  # shortest_unused (the scripts') | first: the first success from the prefix
+    dedup_step_pairs: bool = True  # per question, a pair is kept only if its chosen and rejected texts are unused
 
     def checks(self, prefix: str) -> None:
         require(self.step_splitter in SPLITTERS, f"{prefix}.step_splitter", f"must be one of {sorted(SPLITTERS)}",
@@ -343,9 +382,15 @@ class ExplorationConfig(Validated):
         require(self.prefixes_per_batch >= 1, f"{prefix}.prefixes_per_batch", "must be >= 1", self.prefixes_per_batch)
         require(self.exploration_schedule in SCHEDULES, f"{prefix}.exploration_schedule",
                 f"must be one of {list(SCHEDULES)}", self.exploration_schedule)
+        require(self.explored_rationales in EXPLORED, f"{prefix}.explored_rationales",
+                f"must be one of {list(EXPLORED)}", self.explored_rationales)
+        require(self.step_chosen in STEP_CHOSEN, f"{prefix}.step_chosen", f"must be one of {list(STEP_CHOSEN)}",
+                self.step_chosen)
 
     def exploration_keys(self) -> dict:
-        return {item.name: getattr(self, item.name) for item in fields(ExplorationConfig)}
+        """What determines the exploration records (not the pair rules applied to them)."""
+        pair_rules = ("step_chosen", "dedup_step_pairs")
+        return {item.name: getattr(self, item.name) for item in fields(ExplorationConfig) if item.name not in pair_rules}
 
 
 @dataclass
@@ -376,31 +421,39 @@ def check_splitter_on_demonstrations(ctx: AlgorithmContext, config: SelfExploreC
             raise ConfigError(f"training row {index}: {error}") from None
 
 
-def exploration_targets(questions: list[SampledQuestion],
-                        config: SelfExploreConfig) -> tuple[list[ExplorationTarget], int]:
-    """Every usable incorrect rationale with at least one step; and how many had none (empty output)."""
+def exploration_targets(questions: list[SampledQuestion], config: SelfExploreConfig,
+                        outcome_pairs: list[dict]) -> tuple[list[ExplorationTarget], int]:
+    """The rationales to explore, with at least one step each; and how many had none (an empty output).
+
+    outcome_pairs (the scripts'): the rejected side of every outcome pair, which carries that pair's chosen.
+    all_incorrect: every usable incorrect rationale of the rationale set."""
+    if config.explored_rationales == "outcome_pairs":
+        chosen_of = [(p["question_index"], p["rejected_index"], p["chosen"]) for p in outcome_pairs]
+    else:
+        chosen_of = [(q.question_index, index, None) for q in questions for index, r in enumerate(q.rationales)
+                     if not r.correct and (r.finished or not config.require_finished)]
+    by_index = {q.question_index: q for q in questions}
     targets, without_steps = [], 0
-    for question in questions:
-        for index, rationale in enumerate(question.rationales):
-            if rationale.correct or (config.require_finished and not rationale.finished):
-                continue
-            steps = split_steps(config.step_splitter, rationale.text)
-            if not steps:
-                without_steps += 1
-                continue
-            targets.append(ExplorationTarget(question.question_index, index, question.prompt, question.gold, steps,
-                                             rationale.finished))
+    for question_index, rationale_index, chosen in chosen_of:
+        question = by_index[question_index]
+        rationale = question.rationales[rationale_index]
+        steps = split_steps(config.step_splitter, rationale.text)
+        if not steps:
+            without_steps += 1
+            continue
+        targets.append(ExplorationTarget(question_index, rationale_index, question.prompt, question.gold, steps,
+                                         rationale.finished, chosen))
     return targets, without_steps
 
 
-def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[SampledQuestion], rationales_key: str,
+def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[SampledQuestion],
+            targets_key: dict, targets: list[ExplorationTarget], without_steps: int,
             explorer: ModelHandle) -> tuple[list[ExplorationRecord], str]:
-    """The exploration record of every incorrect rationale (stage `exploration`)."""
-    spec = {"rationales": rationales_key, "explorer": explorer.fingerprint, "exploration": config.exploration_keys(),
+    """The exploration record of every target (stage `exploration`)."""
+    spec = {"targets": targets_key, "explorer": explorer.fingerprint, "exploration": config.exploration_keys(),
             "require_finished": config.require_finished, "seed": ctx.seed}
 
     def compute():
-        targets, without_steps = exploration_targets(questions, config)
         log.info("exploring %d incorrect rationales (k=%d, %s)", len(targets), config.continuations_per_step,
                  config.exploration_schedule)
         continue_prefixes = sampling_explorer(
@@ -414,7 +467,7 @@ def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[Sa
         return [asdict(r) for r in records], {"rationales_without_steps": without_steps, "rollouts": rollouts,
                                               "compute": {"rollouts": rollouts}}
 
-    records, key = stored_records(ctx, "exploration", spec, EXPLORATION_FILE, compute)
+    records, key, _ = stored_records(ctx, "exploration", spec, EXPLORATION_FILE, compute, code=__name__)
     return [ExplorationRecord(**record) for record in records], key
 
 
@@ -426,23 +479,31 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     # the RFT model (policy, reference, explorer) or, without RFT, the starting model
     explorer = (rft_model(ctx, questions, rationales_key, config, config.rft, "self_explore", config.on_empty)
                 if config.use_rft else ctx.base)
-    records, exploration_key = explore(ctx, config, questions, rationales_key, explorer)
+    outcome, outcome_key, _ = outcome_pair_set(ctx, config, questions, rationales_key, None)
+    targets, without_steps = exploration_targets(questions, config, outcome)
+    targets_key = ({"outcome_pairs": outcome_key} if config.explored_rationales == "outcome_pairs"
+                   else {"rationales": rationales_key, "explored": "all_incorrect"})
+    records, exploration_key = explore(ctx, config, questions, targets_key, targets, without_steps, explorer)
 
-    correct = {q.question_index: distinct_correct(q.usable(config.require_finished)) for q in questions}
-    pairs, dropped = step_level_pairs(records, correct)
+    keys = config.kept_keys(ctx.data.checker)
+    # all_incorrect: a pit at step 1 takes the question's kept correct rationales in turn
+    correct = {k.question.question_index: [k.text(i) for i in k.correct] for k in kept_set(questions, keys)[0]}
+    pairs, dropped = step_level_pairs(records, correct, ctx.data.checker, config.strip_rejected_answer,
+                                      config.step_chosen, config.dedup_step_pairs)
     summary = exploration_summary(records, pairs, dropped)
-    pairs_spec = {"exploration": exploration_key, "rationales": rationales_key,
-                  "require_finished": config.require_finished}
-    pairs, pairs_key = stored_records(ctx, "step_pairs", pairs_spec, PAIRS_FILE, lambda: (pairs, summary))
+    pairs_spec = {"exploration": exploration_key, "kept": keys, "strip_rejected_answer": config.strip_rejected_answer,
+                  "step_chosen": config.step_chosen, "dedup_step_pairs": config.dedup_step_pairs}
+    pairs, pairs_key, _ = stored_records(ctx, "step_pairs", pairs_spec, PAIRS_FILE, lambda: (pairs, summary),
+                                         code=__name__)
     ctx.log({f"self_explore/{name}": value for name, value in summary.items()})
-    log.info("self-explore: %d pits in %d incorrect rationales, %d pairs, %d rollouts", summary["pits_found"],
+    log.info("self-explore: %d pits in %d explored rationales, %d pairs, %d rollouts", summary["pits_found"],
              summary["rationales_explored"], summary["pairs"], summary["rollouts"])
     if not pairs:
         return nothing_to_train(
             ctx, config.on_empty, "self_explore",
-            f"algorithm=self_explore: no step-level pair ({summary['rationales_explored']} incorrect rationales "
-            f"explored, {summary['pits_found']} pits, {summary['no_pit']} without a pit, "
-            f"{summary['pit_at_step_1_without_a_correct_rationale']} pits at step 1 with no correct rationale to "
-            "pair); raise rationales_per_question or train_prompts, or start from a stronger model "
+            f"algorithm=self_explore: no step-level pair ({len(outcome)} outcome pairs, "
+            f"{summary['rationales_explored']} incorrect rationales explored, {summary['pits_found']} pits, {summary.get('dropped_no_pit', 0)} without a pit, "
+            f"{summary.get('dropped_pit_at_step_1_without_a_correct_rationale', 0)} pits at step 1 with no correct "
+            "rationale to pair); raise rationales_per_question or train_prompts, or start from a stronger model "
             "(starting_point=sft)", explorer)
-    return train_dpo_on_pairs(ctx, "self_explore", explorer, pairs, config, pairs_key)
+    return train_dpo_on_pairs(ctx, "self_explore", explorer, pairs, config, pairs_key, metadata={"pairs": summary})

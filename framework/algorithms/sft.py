@@ -23,10 +23,12 @@ class SFTAlgorithmConfig(TrainingConfig, AlgorithmConfig):
 
 
 def make_sft_trainer(ctx: AlgorithmContext, config: TrainingConfig, checkpoint_dir: str, trainer_class=SFTTrainer,
-                     train: Dataset | None = None):
-    """SFTTrainer on (prompt, completion) rows: the demonstrations unless `train` is given."""
-    tokenizer = ctx.base.load_tokenizer()
-    model = ctx.base.load_model(ctx.runtime)
+                     train: Dataset | None = None, start: ModelHandle | None = None):
+    """SFTTrainer from `start` (default `ctx.base`) on (prompt, completion) rows: the demonstrations unless
+    `train` is given."""
+    start = start or ctx.base
+    tokenizer = start.load_tokenizer()
+    model = start.load_model(ctx.runtime)
     args = SFTConfig(**trainer_arguments(config, ctx, checkpoint_dir), completion_only_loss=True)
     train = (ctx.data.train if train is None else train).select_columns(["prompt", "completion"])
     return trainer_class(model=model, args=args, train_dataset=train, processing_class=tokenizer,
@@ -36,7 +38,7 @@ def make_sft_trainer(ctx: AlgorithmContext, config: TrainingConfig, checkpoint_d
 @registry.algorithms.register("sft", SFTAlgorithmConfig)
 def run(ctx: AlgorithmContext) -> ModelHandle:
     return train_in_stage(ctx, "sft", ctx.stage_spec(),
-                          lambda checkpoint_dir: make_sft_trainer(ctx, ctx.config, checkpoint_dir))
+                          lambda checkpoint_dir: make_sft_trainer(ctx, ctx.config, checkpoint_dir), code=__name__)
 
 
 def default_sft_model(ctx: AlgorithmContext) -> ModelHandle:

@@ -125,7 +125,7 @@ def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig)
         prompts = prompts[: config.train_prompts]
     spec = {"sampling": config.sampling_keys(), "base": ctx.base.fingerprint, "data": ctx.data.fingerprint,
             "seed": ctx.seed, "prompts": len(prompts)}
-    with ctx.stages.open("samples", spec) as stage:
+    with ctx.stages.open("samples", spec, code=__name__) as stage:
         if stage.done:
             log.info("reusing sampled set %s", stage.output / SAMPLES_FILE)
         else:

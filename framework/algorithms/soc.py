@@ -55,64 +55,115 @@ class SOCConfig(TrainingConfig, AlgorithmConfig):
 
 @dataclass
 class SOCTerms:
-    loss: torch.Tensor
-    sft_loss: torch.Tensor
-    value_loss: torch.Tensor
+    loss: torch.Tensor  # what is minimised: both terms over the step's counts
+    sft_loss: torch.Tensor  # logged: this batch's own mean
+    value_loss: torch.Tensor  # logged: this batch's own mean of -V
     mean_value: torch.Tensor
     mean_entropy: torch.Tensor
 
 
-def _reduce(per_token: torch.Tensor, mask: torch.Tensor, normalisation: str, num_items: torch.Tensor | None = None):
+@dataclass
+class StateCounts:
+    """How many of each unit one optimizer step's loss averages over: every micro-batch of the step and,
+    when `average_tokens_across_devices`, every process. Dividing each micro-batch's sums by these (not
+    by the micro-batch's own counts) makes the update independent of how the step is split."""
+
+    tokens: float | torch.Tensor  # supervised response tokens (the SFT loss's positions)
+    states: float | torch.Tensor  # the states whose value is raised (`value_states`)
+    sequences: float | torch.Tensor  # sequences with at least one such token or state
+
+
+def count_states(labels: torch.Tensor, state_mask: torch.Tensor | None) -> StateCounts:
+    """Counts of one micro-batch (shifted labels [batch, positions]; state_mask: None = the supervised ones)."""
+    supervised = labels != -100
+    states = supervised if state_mask is None else state_mask
+    return StateCounts(tokens=supervised.sum(), states=states.sum(), sequences=supervised.any(1).sum())
+
+
+def _reduce(per_token: torch.Tensor, mask: torch.Tensor, normalisation: str, tokens, sequences) -> torch.Tensor:
+    """Sum over `mask`, divided by the step's token count (token_mean) or, after a per-sequence token
+    mean, by its sequence count (sequence_mean)."""
     if normalisation == "sequence_mean":
         per_sequence = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return per_sequence[mask.any(1)].mean() if mask.any() else per_token.sum() * 0
-    denominator = num_items if num_items is not None else mask.sum()
-    return (per_token * mask).sum() / torch.as_tensor(denominator).clamp(min=1)
+        return per_sequence.sum() / torch.as_tensor(sequences).clamp(min=1)
+    return (per_token * mask).sum() / torch.as_tensor(tokens).clamp(min=1)
 
 
 def soc_loss(logits: torch.Tensor, labels: torch.Tensor, *, value_coef: float, beta: float = 1.0,
              state_mask: torch.Tensor | None = None, normalisation: str = "token_mean",
-             num_items: torch.Tensor | None = None) -> SOCTerms:
+             counts: StateCounts | None = None) -> SOCTerms:
     """SOC loss from next-token logits [batch, positions, vocab] aligned with labels [batch, positions]
     (already shifted: labels[:, t] is the token that follows state t; -100 = not supervised).
-    `state_mask` picks the states whose value is raised (default: the supervised ones)."""
+    `state_mask` picks the states whose value is raised (default: the supervised ones). `counts` are the
+    denominators of the whole optimizer step (default: this batch's own, i.e. a plain mean)."""
     logits = logits.float()
     supervised = labels != -100
     states = supervised if state_mask is None else state_mask
+    own = count_states(labels, state_mask)
+    counts = counts or own
     log_partition = torch.logsumexp(logits, dim=-1)
     target_logits = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    sft_loss = _reduce(log_partition - target_logits, supervised, normalisation, num_items)
     value = log_partition if beta == 1.0 else beta * torch.logsumexp(logits / beta, dim=-1)
-    value_loss = -_reduce(value, states, normalisation)
-    with torch.no_grad():
+    token_nll = log_partition - target_logits
+
+    def terms(denominators: StateCounts) -> tuple[torch.Tensor, torch.Tensor]:
+        return (_reduce(token_nll, supervised, normalisation, denominators.tokens, denominators.sequences),
+                -_reduce(value, states, normalisation, denominators.states, denominators.sequences))
+
+    sft_loss, value_loss = terms(counts)
+    with torch.no_grad():  # logged as this batch's own means, whatever the step's split
+        logged_sft, logged_value = terms(own) if counts is not own else (sft_loss.detach(), value_loss.detach())
         probabilities = torch.softmax(logits, dim=-1)
         entropy = log_partition - (probabilities * logits).sum(-1)
-        mean_value = _reduce(value.detach(), states, "token_mean")
-        mean_entropy = _reduce(entropy, supervised, "token_mean")
-    return SOCTerms(sft_loss + value_coef * value_loss, sft_loss, value_loss, mean_value, mean_entropy)
+        mean_value = (value * states).sum() / states.sum().clamp(min=1)
+        mean_entropy = (entropy * supervised).sum() / supervised.sum().clamp(min=1)
+    return SOCTerms(sft_loss + value_coef * value_loss, logged_sft, logged_value, mean_value, mean_entropy)
 
 
 class SOCTrainer(SFTTrainer):
-    """TRL's SFTTrainer with the SOC loss: same data pipeline, one forward pass per step."""
+    """TRL's SFTTrainer with the SOC loss: same data pipeline, one forward pass per step.
+
+    Both terms are normalised by the whole optimizer step's counts (`StateCounts`, taken in
+    `get_batch_samples` when the Trainer collects the step's micro-batches), so the update does not
+    depend on the split into micro-batches and processes: the loss arrives already scaled for gradient
+    accumulation, and is multiplied by the process count because DDP averages the processes' gradients.
+    """
 
     soc: SOCConfig
+    loss_is_scaled_for_ga = True  # transformers: compute_loss already divides by the step's counts
+    _step_counts: StateCounts | None = None
+
+    def _state_mask(self, inputs) -> torch.Tensor | None:
+        if self.soc.value_states == "all" and "attention_mask" in inputs:
+            return inputs["attention_mask"][:, 1:].bool()
+        return None  # the supervised states
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        totals = [count_states(batch["labels"][:, 1:], self._state_mask(batch)) for batch in batch_samples]
+        local = torch.tensor([[float(sum(c.tokens for c in totals)), float(sum(c.states for c in totals)),
+                               float(sum(c.sequences for c in totals))]], device=device)
+        summed = self._global_sum(local)[0]
+        self._step_counts = StateCounts(tokens=summed[0], states=summed[1], sequences=summed[2])
+        return batch_samples, num_items_in_batch
+
+    def _global_sum(self, local: torch.Tensor) -> torch.Tensor:
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            return self.accelerator.gather(local).sum(0, keepdim=True)
+        return local
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         labels = inputs["labels"]
         forward_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask")}
         outputs = model(**forward_inputs, use_cache=False)
-        shifted_labels = labels[:, 1:]
-        if self.soc.value_states == "all":
-            state_mask = inputs["attention_mask"][:, 1:].bool() if "attention_mask" in inputs else None
-        else:
-            state_mask = None
-        terms = soc_loss(outputs.logits[:, :-1], shifted_labels, value_coef=self.soc.value_coef, beta=self.soc.beta,
-                         state_mask=state_mask, normalisation=self.soc.normalisation,
-                         num_items=num_items_in_batch if self.soc.normalisation == "token_mean" else None)
+        # training: the step's counts; evaluation (one batch, no accumulation): the batch's own
+        counts = self._step_counts if mode == "train" else None
+        terms = soc_loss(outputs.logits[:, :-1], labels[:, 1:], value_coef=self.soc.value_coef, beta=self.soc.beta,
+                         state_mask=self._state_mask(inputs), normalisation=self.soc.normalisation, counts=counts)
         loss = terms.loss
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # as TRL's SFT loss: DDP averages gradients
+        if counts is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # the counts span every process; DDP averages gradients
         for key, value in (("soc/sft_loss", terms.sft_loss), ("soc/value_loss", terms.value_loss),
                            ("soc/mean_value", terms.mean_value), ("entropy", terms.mean_entropy)):
             self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
@@ -129,4 +180,4 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
         trainer.soc = ctx.config
         return trainer
 
-    return train_in_stage(ctx, "soc", ctx.stage_spec(), make_trainer)
+    return train_in_stage(ctx, "soc", ctx.stage_spec(), make_trainer, code=__name__)

@@ -95,16 +95,19 @@ def reference_model(ctx: AlgorithmContext, start: ModelHandle):
     return None if ctx.model_config.lora.enabled else start.load_model(ctx.runtime)
 
 
-def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: Callable[[str], object],
-                   start: ModelHandle | None = None) -> ModelHandle:
+def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: Callable[[str], object], *,
+                   code: str | tuple[str, ...], start: ModelHandle | None = None,
+                   metadata: dict | None = None) -> ModelHandle:
     """Run `make_trainer(checkpoint_dir).train()` once per spec, resuming, and store the trained model.
 
     `start` is the model the trainer starts from (default `ctx.base`); an adapter-only LoRA stage is
-    loaded on top of it later."""
+    loaded on top of it later. `code`: the module(s) whose code computes the model (the method's module;
+    framework/stages.py fingerprints their import closure into the key). `metadata` (what the training data kept and dropped, say) goes into the
+    stage's record beside the trainer's own."""
     start = start or ctx.base
     if (lora := ctx.model_config.lora.spec()) is not None:
         spec = {**spec, "lora": lora}  # absent when off, so full fine-tuning keys do not change
-    with ctx.stages.open(kind, spec, collective=True) as stage:  # every process trains (DDP/DeepSpeed/FSDP)
+    with ctx.stages.open(kind, spec, collective=True, code=code) as stage:  # every process trains (DDP/DeepSpeed/FSDP)
         if stage.done:
             log.info("reusing %s model %s (stages.reuse=false retrains)", kind, stage.output)
         else:
@@ -117,7 +120,7 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
             save_trained_model(trainer, output, ctx.model_config.lora.checkpoint)
             # TRL's SFT/DPO trainers (and SOC, XPO here) count non-padding tokens; since the last resume
             tokens = getattr(trainer, "_total_train_tokens", None)
-            stage.commit({"global_step": result.global_step, "train_metrics": result.metrics,
+            stage.commit({**(metadata or {}), "global_step": result.global_step, "train_metrics": result.metrics,
                           "compute": {"train_tokens": tokens, "train_seconds": result.metrics.get("train_runtime")}})
     adapter_only = lora is not None and ctx.model_config.lora.checkpoint == "adapter"
     return ModelHandle(str(stage.output), {"stage": kind, "key": stage.key}, ctx.model_config.load_options(),

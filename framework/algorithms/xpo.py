@@ -163,6 +163,7 @@ STAT_KEYS = (
     "xpo/ties",  # share with r_self(y) == r_self(y~)
     "xpo/identical_samples",  # share with y == y~ token for token (no learning signal from DPO)
     "xpo/alpha", "xpo/alpha_term", "xpo/dpo_loss",
+    "xpo/alpha_to_dpo_ratio",  # |alpha term| / DPO term: how much the exploration bonus weighs in the loss
     "xpo/logps_ref_sample",  # mean log pi(y~)
     "xpo/self_reward_policy", "xpo/self_reward_ref", "xpo/self_reward_margin",  # r_self of y, y~, chosen - rejected
     "xpo/length_policy", "xpo/length_ref",  # completion tokens, EOS included
@@ -281,6 +282,7 @@ class XPOTrainer(OnlineDPOTrainer):
                 ("xpo/policy_chosen", policy_wins.float()), ("xpo/ties", (policy_rewards == ref_rewards).float()),
                 ("xpo/identical_samples", identical.float()), ("xpo/alpha", alpha),
                 ("xpo/alpha_term", terms.alpha_term), ("xpo/dpo_loss", terms.dpo_loss),
+                ("xpo/alpha_to_dpo_ratio", terms.alpha_term.abs() / terms.dpo_loss.clamp(min=1e-12)),
                 ("xpo/logps_ref_sample", logps[batch:]),
                 ("xpo/self_reward_policy", policy_rewards), ("xpo/self_reward_ref", ref_rewards),
                 ("xpo/self_reward_margin", rewards[chosen] - rewards[rejected]),
@@ -317,4 +319,4 @@ def make_xpo_trainer(ctx: AlgorithmContext, config: XPOConfig, checkpoint_dir: s
 @registry.algorithms.register("xpo", XPOConfig, label_free=True)
 def run(ctx: AlgorithmContext) -> ModelHandle:
     return train_in_stage(ctx, "xpo", ctx.stage_spec(),
-                          lambda checkpoint_dir: make_xpo_trainer(ctx, ctx.config, checkpoint_dir))
+                          lambda checkpoint_dir: make_xpo_trainer(ctx, ctx.config, checkpoint_dir), code=__name__)

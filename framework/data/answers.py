@@ -82,6 +82,15 @@ class AnswerChecker(Protocol):
     def check(self, output: str, gold: str) -> Verdict:
         """Strict and flexible readings of `output`, each judged against `gold`."""
 
+    def answer_start(self, output: str) -> int | None:
+        """Where the statement of the final answer begins: the start of the line holding the last strict
+        answer mark (None: no mark). Self-Explore cuts a rejected rationale there (self-explore-repo.md)."""
+
+
+def line_start(text: str, index: int | None) -> int | None:
+    """The start of the line that holds `text[index]` (None stays None)."""
+    return None if index is None else text.rfind("\n", 0, index) + 1
+
 
 class NumericAnswerChecker:
     """Checks GSM8K-style outputs against a gold number."""
@@ -94,6 +103,10 @@ class NumericAnswerChecker:
     def extract(self, output: str) -> str | None:
         """The normalised final answer that `check` compares (strict), e.g. for majority voting."""
         return extract_strict(output)
+
+    def answer_start(self, output: str) -> int | None:
+        mark = output.rfind(ANSWER_MARK)
+        return line_start(output, mark if mark >= 0 else None)
 
     def check(self, output: str, gold: str) -> Verdict:
         strict = extract_strict(output)
@@ -259,6 +272,10 @@ class MathAnswerChecker:
         boxed = last_boxed(output)
         return None if boxed is None else self.canonical(boxed)
 
+    def answer_start(self, output: str) -> int | None:
+        box = list(_BOX.finditer(output))
+        return line_start(output, box[-1].start() if box else None)
+
     def equal(self, gold: str, answer: str) -> bool:
         """Whether `answer` (a bare answer, e.g. a box's content) is equivalent to `gold`."""
         return _math_equal(gold.strip(), answer, True, self._timeout())
@@ -326,6 +343,10 @@ class LetterAnswerChecker:
             return None
         return option_letters(max(marks)[1], self.letters)
 
+    def answer_start(self, output: str) -> int | None:
+        marks = [m.start() for m in _ANSWER_IS.finditer(output)] + [m.start() for m in _BOX.finditer(output)]
+        return line_start(output, max(marks) if marks else None)
+
     def _loose(self, output: str) -> str | None:
         found = [(m.start(), m.group(1) or m.group(2)) for m in _OPTION_MARK.finditer(output)
                  if (m.group(1) or m.group(2)) in self.letters]
@@ -365,6 +386,9 @@ class GaokaoAnswerChecker:
         if boxed is None:
             return self.choice.extract(output)
         return option_letters(boxed, self.choice.letters) or self.math.canonical(boxed)
+
+    def answer_start(self, output: str) -> int | None:
+        return self.choice.answer_start(output)  # the last box or `the answer is`, whichever comes last
 
     def check(self, output: str, gold: str) -> Verdict:
         return (self.choice if self.is_choice(gold) else self.math).check(output, gold)

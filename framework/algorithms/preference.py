@@ -1,0 +1,76 @@
+"""Sigmoid DPO on a fixed set of (prompt, chosen, rejected) pairs, as the Self-Explore family trains
+(outcome_dpo on outcome pairs, self_explore on step-level pairs), with TRL's DPOTrainer.
+
+One rule of the authors' scripts TRL does not have: EOS is appended to the chosen side only. TRL appends
+it to both; a rejected step is a partial text, and with an EOS after it DPO can widen the margin by
+lowering "EOS after a line" instead of learning the step (measured on the embedded task: the EOS was
+77% of a rejected step's log-prob). `RejectedWithoutEOS` is TRL's own preference collator with that EOS
+taken off every rejected row, so training and the precomputed reference see the same tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from framework.algorithms import AlgorithmContext
+from framework.algorithms.training import peft_config, reference_model, train_in_stage, trainer_arguments
+from framework.config import TrainingConfig, require
+from framework.models import ModelHandle
+
+
+@dataclass
+class PreferenceTrainingConfig(TrainingConfig):
+    """DPO's keys on top of the training keys (TrainingConfig's names)."""
+
+    beta: float = 0.1  # DPO sigmoid temperature (Self-Explore paper: 0.1)
+    rejected_eos: bool = False  # false: EOS after the chosen side only (the scripts'); true: both sides (TRL's)
+
+    def checks(self, prefix: str) -> None:
+        TrainingConfig.checks(self, prefix)
+        require(math.isfinite(self.beta) and self.beta > 0, f"{prefix}.beta", "must be > 0", self.beta)
+
+    def preference_keys(self) -> dict:
+        return {item.name: getattr(self, item.name) for item in fields(PreferenceTrainingConfig)}
+
+
+@dataclass
+class RejectedWithoutEOS(DataCollatorForPreference):
+    """TRL's preference collator, with the EOS TRL appended to each rejected side removed first."""
+
+    eos_token_id: int | None = None
+
+    def torch_call(self, examples):
+        trimmed = [{**example, "rejected_ids": example["rejected_ids"][:-1]}
+                   if example["rejected_ids"] and example["rejected_ids"][-1] == self.eos_token_id else example
+                   for example in examples]
+        return super().torch_call(trimmed)
+
+
+def train_dpo_on_pairs(ctx: AlgorithmContext, kind: str, start: ModelHandle, pairs: list[dict],
+                       config: PreferenceTrainingConfig, pairs_identity: str | dict,
+                       metadata: dict | None = None) -> ModelHandle:
+    """Sigmoid DPO from `start` against a frozen copy of `start` (policy = reference = start).
+    `pairs_identity` determines `pairs` (their stage key, and whatever transformed them since)."""
+    spec = {"pairs": pairs_identity, "start": start.fingerprint, "training": config.preference_keys(), "seed": ctx.seed}
+    train = Dataset.from_list([{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in pairs])
+
+    def make_trainer(checkpoint_dir: str):
+        args = DPOConfig(**trainer_arguments(config, ctx, checkpoint_dir), beta=config.beta, loss_type=["sigmoid"])
+        tokenizer = start.load_tokenizer()
+        collator = None
+        if not config.rejected_eos:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            collator = RejectedWithoutEOS(pad_token_id=pad, max_length=args.max_length,
+                                          truncation_mode=args.truncation_mode,
+                                          pad_to_multiple_of=args.pad_to_multiple_of,
+                                          eos_token_id=tokenizer.eos_token_id)
+        # the reference is the starting model (the RFT model when enabled), loaded explicitly
+        return DPOTrainer(model=start.load_model(ctx.runtime), ref_model=reference_model(ctx, start), args=args,
+                          data_collator=collator, train_dataset=train, processing_class=tokenizer,
+                          peft_config=peft_config(ctx))
+
+    return train_in_stage(ctx, kind, spec, make_trainer, code=__name__, start=start, metadata=metadata)
