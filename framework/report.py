@@ -853,14 +853,31 @@ def collect_wandb(group: str, project: str, entity: str | None = None, api=None)
 
 # ---------------------------------------------------------------------------- entry points
 class ComparisonTableCallback(Callback):
-    """Hydra callback: when a multirun ends, write the per-job table and the report, print the report."""
+    """Hydra callback: when a multirun ends, write the per-job table and the report, print the report.
+
+    Hydra's basic sweeper raises once a batch holds a failed job, before `on_multirun_end`; the report is
+    then written when the process exits instead, so the finished jobs are reported and the failed ones
+    listed as missing (also after Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self._sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        import atexit
+
+        self._sweep_dir = Path(config.hydra.sweep.dir)
+        atexit.register(self._report)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        self._sweep_dir = self._sweep_dir or Path(config.hydra.sweep.dir)
+        self._report()
+
+    def _report(self) -> None:
         from framework import distributed
 
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir() or not distributed.is_main_process():  # one report per sweep under torchrun
-            return
+        sweep_dir, self._sweep_dir = self._sweep_dir, None  # once per sweep
+        if sweep_dir is None or not sweep_dir.is_dir() or not distributed.is_main_process():
+            return  # one report per sweep under torchrun
         per_job = write(sweep_dir)
         results, missing = collect(sweep_dir)
         text = write_report(results, sweep_dir, sweep_dir.name, missing_job_lines(sweep_dir, missing))

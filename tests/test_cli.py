@@ -72,9 +72,12 @@ def test_a_failed_sweep_job_does_not_stop_the_others_and_fails_the_sweep_in_one_
                      *[o for o in FAST if not o.startswith("decoder")], "hydra.sweep.dir=sweep"],
                     tmp_path / "cache", tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.splitlines()[-1] == "error: decoder.num_beams must be >= 1 (got 0)"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: decoder.num_beams must be >= 1 (got 0)"]
     assert "Traceback" not in result.stderr
     assert [path.parent.name for path in (tmp_path / "sweep").glob("*/results.json")] == ["1_none_beam_seed0"]
+    report = (tmp_path / "sweep" / "report.md").read_text()  # written although the sweep failed
+    assert "0_none_beam_seed0" in report and "| none | beam(num_beams=1) |" in report
 
 
 def test_multirun_writes_one_result_per_job_and_a_table(tmp_path):
