@@ -253,9 +253,9 @@ def _refuse_emptied_groups(arguments: list[str]) -> None:
     (the defaults list interpolates the chosen options), so say it in one line instead."""
     for argument in arguments:
         key, _, value = argument.lstrip("~").partition("=")
-        if key in (*GROUP_BASES, "budget") and (argument.startswith("~") or value == "null"):
-            print(f"error: {key} needs an option (got {argument!r}); `python -m framework --help` lists them",
-                  file=sys.stderr)
+        if key in (*GROUP_BASES, "experiment") and (argument.startswith("~") or value == "null"):
+            hint = "experiment=none turns presets off" if key == "experiment" else "`python -m framework --help` lists them"
+            print(f"error: {key} needs an option (got {argument!r}); {hint}", file=sys.stderr)
             sys.exit(2)
 
 
@@ -291,6 +291,9 @@ def composition_error_line(error: Exception) -> str:
         return f"{error.override}: cannot parse this override ({_one_line(error.message)})"
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         schema = getattr(cause, "object_type", None)
+        if schema is dict and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a free-form node
+            return (f"{cause.full_key}: new keys of this free-form node are added with `+`: "
+                    f"+{cause.full_key}=<value>")
         known = {item.name for item in fields(schema)} if is_dataclass(schema) else None
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and known is not None and cause.key not in known:
             parent = getattr(cause, "parent_node", None)

@@ -32,11 +32,11 @@ SELECTOR_NAMES = ("logprob", "length_norm", "majority")
 @dataclass
 class BoNConfig(BackendConfig):
     name: str = "bon"
-    samples_per_prompt: int = 16  # N; the accuracy curve covers N' = 1, 2, 4, ... and N
+    samples_per_prompt: int = 50  # N (the sharpening paper's); the accuracy curve covers N' = 1, 2, 4, ... and N
     temperature: float = 1.0  # sampling temperature; log-probs stay at temperature 1 whatever this is
     top_p: float = 1.0
     selector: str = "logprob"  # logprob | length_norm | majority
-    prompts_per_batch: int = 8  # x samples_per_prompt sequences per `generate` call
+    prompts_per_batch: int = 4  # x samples_per_prompt sequences per `generate` call
     curve_draws: int = 200  # random N'-subsets per problem and N' where the curve is Monte-Carlo (majority)
     greedy_reference: bool = True  # also decode greedily (one extra pass) to report the lift over greedy
 

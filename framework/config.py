@@ -12,9 +12,11 @@ this module only holds the shared parts and the top-level run config.
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -43,23 +45,60 @@ class Validated:
 
 
 # ---------------------------------------------------------------------------- shared training keys
+# What the framework itself sets on every TRL config (from its own keys or the run): not settable under `trainer`.
+FRAMEWORK_TRAINER_FIELDS = ("output_dir", "report_to", "seed", "data_seed", "save_strategy", "use_cpu",
+                            "dataloader_num_workers", "gradient_checkpointing", "activation_checkpointing",
+                            "warmup_steps", "beta", "loss_type", "completion_only_loss", "temperature", "top_p",
+                            "top_k", "max_new_tokens")
+
+
+@functools.lru_cache(maxsize=None)
+def trl_config_fields(target: str) -> frozenset[str]:
+    """The dataclass fields of a TRL config class named `module:Class` (imported on first use)."""
+    module, _, name = target.partition(":")
+    return frozenset(item.name for item in fields(getattr(importlib.import_module(module), name)))
+
+
+def check_trainer_fields(trainer: dict, target: str, prefix: str, own_keys: list[str]) -> None:
+    """`trainer` may set any field of the TRL config class except those the framework sets itself."""
+    if not trainer:
+        return
+    known = trl_config_fields(target)
+    for key in trainer:
+        require(key in known, f"{prefix}.{key}", f"is not a field of {target.replace(':', '.')} (see its docs for "
+                "the fields it has)", trainer[key])
+        require(key not in own_keys, f"{prefix}.{key}", f"has a key of its own: set {prefix.rsplit('.', 1)[0]}.{key}",
+                trainer[key])
+        require(key not in FRAMEWORK_TRAINER_FIELDS, f"{prefix}.{key}",
+                "is set by the framework (from the run, the model or the method's own keys)", trainer[key])
+
 @dataclass
 class TrainingConfig(Validated):
-    """Keys every training algorithm shares; names follow transformers.TrainingArguments."""
+    """Keys every training algorithm shares; names follow transformers.TrainingArguments.
 
-    learning_rate: float = 5e-4
-    max_steps: int = 300  # optimizer steps; wins over num_train_epochs when > 0
-    num_train_epochs: float = 1.0
-    per_device_train_batch_size: int = 32  # sequences (prompt+completion) per device per micro-batch
-    gradient_accumulation_steps: int = 1
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
+    Defaults are the SFT recipe of the Self-Explore scripts (the one paper here that states it for
+    1.5B-7B models, ../shared/docs/paper-recipes.md): AdamW at 1e-5, global batch 64, linear decay, no
+    warmup, 2 epochs. Every other field of the method's TRL config class goes under `trainer`."""
+
+    # the TRL config class this node's keys and `trainer` are handed to (a method schema names its own)
+    TRL_CONFIG: ClassVar[str] = "trl:SFTConfig"
+
+    learning_rate: float = 1e-5
+    max_steps: int = -1  # optimizer steps; wins over num_train_epochs when > 0
+    num_train_epochs: float = 2.0
+    per_device_train_batch_size: int = 8  # sequences (prompt+completion) per device per micro-batch
+    gradient_accumulation_steps: int = 8  # 8 x 8 = the scripts' global batch of 64 on one device
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    max_length: int = 512  # tokens per training sequence; longer ones are truncated
-    logging_steps: int = 25
-    save_steps: int = 50  # checkpoint interval (optimizer steps); an interrupted run resumes from the last
+    max_length: int = 1024  # tokens per training sequence; longer ones are truncated (MATH: 1024)
+    logging_steps: int = 10
+    save_steps: int = 100  # checkpoint interval (optimizer steps); an interrupted run resumes from the last
     save_total_limit: int = 2
+    # any other field of TRL_CONFIG (optim, lr_scheduler_kwargs, bf16, precompute_ref_log_probs, ...), checked
+    # against that class; new keys are added with `+algorithm.trainer.<field>=<value>`
+    trainer: dict[str, Any] = field(default_factory=dict)
 
     def checks(self, prefix: str) -> None:
         require(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"{prefix}.learning_rate",
@@ -74,6 +113,7 @@ class TrainingConfig(Validated):
         require(0 <= self.warmup_ratio < 1, f"{prefix}.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
         require(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
         require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", "must be > 0", self.max_grad_norm)
+        check_trainer_fields(self.trainer, self.TRL_CONFIG, f"{prefix}.trainer", [item.name for item in fields(self)])
 
 
 @dataclass
@@ -83,9 +123,9 @@ class TrainingSamplingConfig(Validated):
 
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 96
+    max_new_tokens: int = 512  # the YAMLs follow the dataset (${dataset.max_new_tokens}): GSM8K 512, MATH 1024
     prompts_per_batch: int = 8  # x samples per prompt sequences per `generate` call
-    train_prompts: int | None = 512  # sample the first N training prompts only (null: all)
+    train_prompts: int | None = None  # sample the first N training prompts only (null: all)
     require_finished: bool = True  # drop samples cut off by max_new_tokens: training would add an EOS they never had
 
     def checks(self, prefix: str) -> None:
@@ -111,7 +151,7 @@ class StartingPointConfig(Validated):
     model whenever their keys are equal (set `algorithm.sft.<key>` like `algorithm.<key>` of algorithm=sft).
     """
 
-    starting_point: str = "sft"
+    starting_point: str = "base"
     sft: TrainingConfig = field(default_factory=TrainingConfig)  # the SFT stage's keys when starting_point=sft
 
     def checks(self, prefix: str) -> None:
@@ -128,8 +168,8 @@ class AlgorithmConfig(Validated):
 @dataclass
 class DecoderConfig(Validated):
     name: str = MISSING  # registry key of the decoder
-    max_new_tokens: int = 96  # generated tokens per response, at most
-    prompts_per_batch: int = 128  # prompts per `generate` call (each brings its samples or beams)
+    max_new_tokens: int = 512  # generated tokens per response, at most; the YAMLs follow ${dataset.max_new_tokens}
+    prompts_per_batch: int = 64  # prompts per `generate` call (each brings its samples or beams)
 
     def checks(self, prefix: str) -> None:
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
@@ -143,6 +183,9 @@ class DatasetConfig(Validated):
     train_size: int | None = None  # first N training rows (None: all)
     test_size: int | None = None  # first N test rows (None: all)
     prompt_template: str = "{question}\n"  # how a question becomes the model's prompt
+    # generation length of every decoder and sampling stage unless set there (their YAMLs interpolate it);
+    # the papers': GSM8K 512, MATH / MATH-500 / GAOKAO 1024 new tokens (a truncated solution is wrong)
+    max_new_tokens: int = 512
 
     def checks(self, prefix: str) -> None:
         for key in ("train_size", "test_size"):
@@ -150,6 +193,7 @@ class DatasetConfig(Validated):
             require(value is None or value >= 1, f"{prefix}.{key}", "must be >= 1 or null", value)
         require("{question}" in self.prompt_template, f"{prefix}.prompt_template",
                 "must contain the placeholder {question}", self.prompt_template)
+        require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
 
 
 LORA_CHECKPOINTS = ("merged", "adapter")

@@ -80,7 +80,7 @@ class SampleConfig(BackendConfig):
     temperature: float = 1.0
     top_p: float = 1.0
     samples_per_prompt: int = 4  # independent samples per prompt; pass@k is reported for k up to this
-    prompts_per_batch: int = 32  # x samples_per_prompt sequences per `generate` call
+    prompts_per_batch: int = 16  # x samples_per_prompt sequences per `generate` call
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
@@ -94,9 +94,9 @@ class SampleConfig(BackendConfig):
 @dataclass
 class BeamConfig(BackendConfig):
     name: str = "beam"
-    num_beams: int = 4  # beam width; 1 is greedy
+    num_beams: int = 5  # beam width; 1 is greedy. 5: the SOC paper's main width
     length_penalty: float = 1.0  # beam score = sum log-prob / length**length_penalty (transformers' convention)
-    prompts_per_batch: int = 32  # x num_beams hypotheses per `generate` call
+    prompts_per_batch: int = 16  # x num_beams hypotheses per `generate` call
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)

@@ -34,8 +34,8 @@ UNKNOWN = "unknown key; {option} has no such key (python -m framework --cfg job 
 @pytest.mark.parametrize("case, overrides, expected", [
     ("unknown algorithm", ["algorithm=nope"],
      "error: algorithm=nope: no such option; available: bon_sft, dpo, none, outcome_dpo, rft, self_explore, sft, soc"),
-    ("unknown budget", ["budget=fast"], "error: budget=fast: no such option; available: default, headline"),
-    ("emptied group", ["budget=null"], "error: budget needs an option (got 'budget=null')"),
+    ("unknown experiment", ["experiment=fast"], "error: experiment=fast: no such option; available: "),
+    ("emptied group", ["experiment=null"], "error: experiment needs an option (got 'experiment=null'); experiment=none"),
     ("deleted group", ["~decoder"], "error: decoder needs an option (got '~decoder')"),
     ("beam width 0", ["decoder=beam", "decoder.num_beams=0"], "error: decoder.num_beams must be >= 1"),
     ("negative temperature", ["decoder=sample", "decoder.temperature=-1"], "error: decoder.temperature must be > 0"),

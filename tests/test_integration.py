@@ -197,21 +197,21 @@ def test_sft_starting_point_trains_the_sft_stage_once_and_shares_it(compose_cfg,
     assert sharpened["policy"]["stage"] == "bon_sft"
 
 
-@pytest.mark.parametrize("budget", ["default", "headline"])
-def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg, budget):
-    """Under each budget, algorithm=sft and every method's SFT warm start have equal keys (one shared SFT
+@pytest.mark.parametrize("experiment", ["none", "embedded", "headline"])
+def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg, experiment):
+    """Under each preset, algorithm=sft and every method's SFT warm start have equal keys (one shared SFT
     model per seed), and SOC trains with SFT's keys (the two differ only in the loss)."""
     from framework.algorithms.sft import SFTAlgorithmConfig
     from framework.config import TrainingConfig, to_validated
 
     from dataclasses import asdict, fields
 
-    sft_job = to_validated(compose_cfg([f"budget={budget}", "algorithm=sft"])).algorithm
-    if budget == "default":
+    sft_job = to_validated(compose_cfg([f"experiment={experiment}", "algorithm=sft"])).algorithm
+    if experiment == "none":
         assert sft_job == SFTAlgorithmConfig()
     for method in ("bon_sft", "dpo", "xpo", "rft", "outcome_dpo", "self_explore"):  # their default warm start
-        warm_start = to_validated(compose_cfg([f"budget={budget}", f"algorithm={method}"])).algorithm.sft
+        warm_start = to_validated(compose_cfg([f"experiment={experiment}", f"algorithm={method}"])).algorithm.sft
         assert {"name": "sft", **asdict(warm_start)} == asdict(sft_job), method
-    soc = to_validated(compose_cfg([f"budget={budget}", "algorithm=soc"])).algorithm
+    soc = to_validated(compose_cfg([f"experiment={experiment}", "algorithm=soc"])).algorithm
     for field in fields(TrainingConfig):
         assert getattr(soc, field.name) == getattr(sft_job, field.name), field.name

@@ -29,7 +29,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BoNSFTConfig(TrainingConfig, SelfRewardSamplingConfig, StartingPointConfig, AlgorithmConfig):
+    """The sharpening paper's SFT-Sharpening recipe (Phi-3.5-mini): LoRA rank 16 (model.lora), batch 4,
+    30 epochs, lr 3e-4 linear to 0, gradient clip 0.1, weight decay 0.1 (MATH; GSM8K 0.5, ProntoQA 0)."""
+
     name: str = "bon_sft"
+    learning_rate: float = 3e-4
+    num_train_epochs: float = 30.0
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.1
+    max_grad_norm: float = 0.1
 
     def checks(self, prefix: str) -> None:
         TrainingConfig.checks(self, prefix)

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from datasets import Dataset
@@ -39,10 +40,17 @@ LOSSES = ("sigmoid", "squared")
 
 @dataclass
 class DPOAlgorithmConfig(TrainingConfig, SelfRewardSamplingConfig, StartingPointConfig, AlgorithmConfig):
+    """The sharpening paper's RLHF-Sharpening is theory only: two independent samples ranked by r_self
+    (random_pair) and the squared regression are its choices; the training keys are TRL's DPO defaults."""
+
+    TRL_CONFIG: ClassVar[str] = "trl:DPOConfig"
     name: str = "dpo"
     beta: float = 0.1  # strength of the pull towards pi_base (TRL's and the DPO paper's default)
-    loss: str = "sigmoid"  # sigmoid (DPO) | squared (the sharpening paper's regression; needs selector=logprob)
-    pair_strategy: str = "best_vs_worst"  # best_vs_worst | best_vs_random | random_pair
+    loss: str = "squared"  # squared (the paper's regression; needs selector=logprob) | sigmoid (DPO)
+    pair_strategy: str = "random_pair"  # random_pair (the paper's (y, y') ~ pi_base) | best_vs_worst | best_vs_random
+    learning_rate: float = 1e-6  # TRL's DPOConfig default
+    num_train_epochs: float = 1.0
+    gradient_accumulation_steps: int = 1
 
     def checks(self, prefix: str) -> None:
         TrainingConfig.checks(self, prefix)

@@ -10,7 +10,8 @@ taken off every rejected row, so training and the precomputed reference see the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
@@ -24,10 +25,19 @@ from framework.models import ModelHandle
 
 @dataclass
 class PreferenceTrainingConfig(TrainingConfig):
-    """DPO's keys on top of the training keys (TrainingConfig's names)."""
+    """DPO's keys on top of the training keys: the Self-Explore scripts' DPO (lr 1e-6, 3 epochs, RMSprop,
+    linear with 10% warmup, global batch 32 = 4 x 8 accumulation; their max length 384 for GSM8K, 1024 for
+    MATH; 1024 here). Mistral-7B used lr 1e-7."""
 
+    TRL_CONFIG: ClassVar[str] = "trl:DPOConfig"
     beta: float = 0.1  # DPO sigmoid temperature (Self-Explore paper: 0.1)
     rejected_eos: bool = False  # false: EOS after the chosen side only (the scripts'); true: both sides (TRL's)
+    learning_rate: float = 1e-6
+    num_train_epochs: float = 3.0
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 8
+    warmup_ratio: float = 0.1
+    trainer: dict[str, Any] = field(default_factory=lambda: {"optim": "rmsprop"})  # the scripts' optimizer
 
     def checks(self, prefix: str) -> None:
         TrainingConfig.checks(self, prefix)

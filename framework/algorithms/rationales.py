@@ -45,7 +45,8 @@ class RationaleSamplingConfig(TrainingSamplingConfig):
     """The rationale set (K per training question) and the kept set built from it; keys shared by rft,
     outcome_dpo and self_explore, so that equal values share one sampled file and one RFT model."""
 
-    rationales_per_question: int = 8  # K; the Self-Explore repo samples 100
+    rationales_per_question: int = 100  # K; the Self-Explore scripts'
+    starting_point: str = "sft"  # the rationales come from the SFT model (the scripts')
     temperature: float = 0.7  # the Self-Explore repo's
     # auto: equations for numeric answers (GSM8K, the embedded task), edit_distance otherwise (MATH), as the scripts
     correct_dedup: str = "auto"  # equations | edit_distance | text (whitespace-insensitive exact match)

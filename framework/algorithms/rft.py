@@ -37,6 +37,7 @@ class RFTStageConfig(TrainingConfig):
     scripts fine-tune the base model with the SFT recipe, so the learning rate is algorithm=sft's."""
 
     train_from: str = "base"  # base: the model as `model=` builds it (the scripts') | sampler: the model that sampled the rationales
+    num_train_epochs: float = 1.0  # the paper's RFT epochs
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)

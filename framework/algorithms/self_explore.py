@@ -39,7 +39,7 @@ import logging
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
 
 from framework import registry
@@ -47,7 +47,7 @@ from framework.algorithms import AlgorithmContext
 from framework.algorithms.outcome_dpo import outcome_pair_set
 from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo_on_pairs
 from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingConfig, SampledQuestion, kept_set,
-                                             nothing_to_train, rejected_for_training, sample_rationales,
+                                             nothing_to_train, numeric_answers, rejected_for_training, sample_rationales,
                                              stored_records)
 from framework.algorithms.rft import RFTStageConfig, rft_model
 from framework.config import AlgorithmConfig, StartingPointConfig, Validated, require
@@ -355,12 +355,12 @@ def exploration_summary(records: list[ExplorationRecord], pairs: list[dict], dro
 # ---------------------------------------------------------------------------- config
 @dataclass
 class ExplorationConfig(Validated):
-    step_splitter: str = "lines"  # lines (one step per non-empty line: GSM8K) | sentences (MATH)
+    step_splitter: str = "auto"  # lines (one step per non-empty line: GSM8K) | sentences (MATH) | auto: by the answers
     continuations_per_step: int = 4  # k (paper: 4)
     exploration_temperature: float = 0.7  # paper: 0.7
     exploration_top_p: float = 1.0
     max_explored_steps: int = 20  # step cap (paper: 20)
-    continuation_max_new_tokens: int = 96
+    continuation_max_new_tokens: int = 512  # YAML: the dataset's generation length
     prefixes_per_batch: int = 16  # x continuations_per_step sequences per `generate` call
     exploration_schedule: str = "rounds"  # rounds (one decode call per step index) | all_prefixes (one call)
     explored_rationales: str = "outcome_pairs"  # outcome_pairs: the rejected sides of D_pair (the scripts') | all_incorrect
@@ -368,8 +368,8 @@ class ExplorationConfig(Validated):
     dedup_step_pairs: bool = True  # per question, a pair is kept only if its chosen and rejected texts are unused
 
     def checks(self, prefix: str) -> None:
-        require(self.step_splitter in SPLITTERS, f"{prefix}.step_splitter", f"must be one of {sorted(SPLITTERS)}",
-                self.step_splitter)
+        require(self.step_splitter in (*SPLITTERS, "auto"), f"{prefix}.step_splitter",
+                f"must be one of {sorted(SPLITTERS) + ['auto']}", self.step_splitter)
         require(self.continuations_per_step >= 1, f"{prefix}.continuations_per_step", "must be >= 1",
                 self.continuations_per_step)
         require(math.isfinite(self.exploration_temperature) and self.exploration_temperature > 0,
@@ -474,6 +474,8 @@ def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[Sa
 @registry.algorithms.register("self_explore", SelfExploreConfig)
 def run(ctx: AlgorithmContext) -> ModelHandle:
     config: SelfExploreConfig = ctx.config
+    if config.step_splitter == "auto":  # the scripts': one step a line for GSM8K, sentences and formulas for MATH
+        config = replace(config, step_splitter="lines" if numeric_answers(ctx.data.checker) else "sentences")
     check_splitter_on_demonstrations(ctx, config)
     questions, rationales_key = sample_rationales(ctx, config, "self_explore")
     # the RFT model (policy, reference, explorer) or, without RFT, the starting model

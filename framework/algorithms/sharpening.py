@@ -33,8 +33,9 @@ SAMPLES_FILE = "samples.jsonl"
 class SelfRewardSamplingConfig(TrainingSamplingConfig):
     """How the N responses per training prompt are drawn and scored (keys shared by bon_sft and dpo)."""
 
-    samples_per_prompt: int = 16  # N; the paper uses 50 (embedded default: 16, the bon decoder's)
+    samples_per_prompt: int = 50  # N; the sharpening paper's
     temperature: float = 1.0  # the paper samples at 1.0; r_self stays at temperature 1 whatever this is
+    train_prompts: int | None = 256  # the paper sharpens on 256 prompts per task
     selector: str = "logprob"  # self-reward: logprob | length_norm | majority (votes of the extracted answer)
 
     def checks(self, prefix: str) -> None:

@@ -30,7 +30,8 @@ CHECKPOINTING_KEY = ("activation_checkpointing" if "activation_checkpointing" in
 
 
 def trainer_arguments(config: TrainingConfig, ctx: AlgorithmContext, checkpoint_dir: str) -> dict:
-    """Keyword arguments for any TRL config class (SFTConfig, DPOConfig, ...)."""
+    """Keyword arguments for any TRL config class (SFTConfig, DPOConfig, ...): the framework's own keys,
+    the run's precision, and `config.trainer` (e.g. optim, lr_scheduler_kwargs, bf16) on top."""
     return {
         "output_dir": checkpoint_dir,
         "learning_rate": config.learning_rate,
@@ -53,6 +54,7 @@ def trainer_arguments(config: TrainingConfig, ctx: AlgorithmContext, checkpoint_
         "report_to": ctx.report_to,
         "dataloader_num_workers": 0,
         **ctx.runtime.trainer_kwargs(),
+        **config.trainer,  # any other field of the TRL config class, checked against it at validation
     }
 
 

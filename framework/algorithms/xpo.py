@@ -32,7 +32,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,9 @@ SELF_REWARDS = ("logprob", "length_norm")
 
 @dataclass
 class XPOConfig(TrainingConfig, StartingPointConfig, AlgorithmConfig):
+    """TRL's former XPOTrainer defaults (beta 0.1, alpha 1e-5, T 0.9, lr 5e-7); generation length the dataset's."""
+
+    TRL_CONFIG: ClassVar[str] = "trl.experimental.online_dpo:OnlineDPOConfig"
     name: str = "xpo"
     beta: float = 0.1  # pull towards pi_base (TRL's XPO / DPO default)
     # exploration coefficient per epoch; the last value holds after the list ends, one value = constant.
@@ -62,16 +65,13 @@ class XPOConfig(TrainingConfig, StartingPointConfig, AlgorithmConfig):
     alpha: list[float] = field(default_factory=lambda: [1e-5])
     temperature: float = 0.9  # sampling temperature of both y and y~ (TRL's XPO default); r_self uses 1
     top_p: float = 1.0
-    max_new_tokens: int = 96  # per sample; the tiny model's rationales are under ~80 tokens
+    max_new_tokens: int = 512  # per sample (TRL's 64 would cut most math solutions); YAML: the dataset's
     self_reward: str = "logprob"  # logprob (sum of log pi_base) | length_norm (per token)
-    # training keys tuned for the embedded task (conf/algorithm/xpo.yaml says where each comes from)
-    learning_rate: float = 3e-5
-    max_steps: int = 150
-    per_device_train_batch_size: int = 16  # prompts per step; each brings two samples
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.0
-    logging_steps: int = 10
-    save_steps: int = 25
+    learning_rate: float = 5e-7  # TRL's XPO default
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 8  # prompts per step; each brings two samples
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048  # prompt + completion: room for the dataset's generation length
 
     def checks(self, prefix: str) -> None:
         TrainingConfig.checks(self, prefix)

@@ -97,6 +97,7 @@ class MathBenchmarkConfig(BenchmarkConfig):
     """Benchmarks whose answers math-verify compares (MATH, MATH-500, GAOKAO)."""
 
     check_timeout_seconds: int = 5  # math-verify limit per parse and per comparison (whole seconds: SIGALRM)
+    max_new_tokens: int = 1024  # MATH-style solutions (the SOC and Self-Explore papers' length)
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)

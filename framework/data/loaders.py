@@ -132,6 +132,7 @@ def load_local_gsm8k_format(config: DatasetConfig, checker) -> TaskData:
 @dataclass
 class ArithDatasetConfig(DatasetConfig):
     name: str = "arith"
+    max_new_tokens: int = 96  # the embedded task's solutions are under ~45 tokens
     seed: int = 0  # the data seed; independent of the run seed so seeds vary training, not the task
     train_size: int | None = 2000
     test_size: int | None = 200
