@@ -360,11 +360,11 @@ def test_only_the_rejected_sides_of_outcome_pairs_are_explored():
         _rationale("3 + 4 = 7\n7 - 2 = 6\n#### 6", False)])
     kept, _ = kept_set([question], KEYS)
     pairs = outcome_pairs(kept[0], "farthest", None, Counter())
-    config = self_explore.SelfExploreConfig()
+    config = self_explore.SelfExploreConfig(step_splitter="lines")
     targets, _ = self_explore.exploration_targets([question], config, pairs)
     assert [(t.rationale_index, t.paired_chosen) for t in targets] == [(pairs[0]["rejected_index"], GOOD)]
     everything, _ = self_explore.exploration_targets([question], self_explore.SelfExploreConfig(
-        explored_rationales="all_incorrect"), pairs)
+        step_splitter="lines", explored_rationales="all_incorrect"), pairs)
     assert [t.rationale_index for t in everything] == [1, 2]
 
 

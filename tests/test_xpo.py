@@ -104,7 +104,7 @@ def test_preference_rule_and_ties():
 @pytest.mark.parametrize("key, value", [
     ("alpha", [-1e-5]), ("alpha", []), ("alpha", [1e-5, float("nan")]), ("beta", 0.0), ("beta", -0.1),
     ("temperature", 0.0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("max_new_tokens", 0),
-    ("max_new_tokens", 600), ("self_reward", "majority"), ("starting_point", "instruct"), ("learning_rate", 0.0),
+    ("max_new_tokens", 3000), ("self_reward", "majority"), ("starting_point", "instruct"), ("learning_rate", 0.0),
 ])
 def test_bad_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=rf"algorithm\.{key}"):
@@ -112,8 +112,9 @@ def test_bad_values_are_refused(key, value):
 
 
 def test_yaml_composes_with_the_schema_defaults(compose_cfg):
-    run_config = to_validated(compose_cfg(["algorithm=xpo"]))
-    assert run_config.algorithm == XPOConfig()  # conf/algorithm/xpo.yaml restates the schema defaults
+    # conf/algorithm/xpo.yaml restates the schema defaults (GSM8K: the schema's 512 new tokens; no preset)
+    run_config = to_validated(compose_cfg(["algorithm=xpo", "experiment=none", "dataset=gsm8k"]))
+    assert run_config.algorithm == XPOConfig()
     schedule = to_validated(compose_cfg(["algorithm=xpo", "algorithm.alpha=[1e-4,1e-5]"])).algorithm.alpha
     assert schedule == [1e-4, 1e-5] and all(isinstance(value, float) for value in schedule)
     with pytest.raises(ConfigError, match=r"algorithm\.alpha"):
