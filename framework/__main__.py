@@ -108,20 +108,25 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
     Returns (metrics, records, reused)."""
     from framework import evaluation
     from framework.decoding import teacher_forced_logprobs
+    from framework.generation import ShardedEngine, engine_identity, open_engine
 
     # Greedy and beam decoding draw no random numbers: their evaluation of a model is one entry for every
     # seed (the untrained `none` model is the same model under every seed, so its seeds share it).
-    draws_samples = decoder.generation_kwargs().get("do_sample", False)
     spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
-            "seed": settings.seed if draws_samples else None, "diagnostics": settings.evaluation.diagnostics}
+            "seed": settings.seed if decoder.draws_samples else None, "diagnostics": settings.evaluation.diagnostics,
+            "engine": engine_identity(settings.engine)}
     # the code that decodes and scores: this glue, the evaluation module, the decoder's and the checker's
     code = ("framework.__main__", "framework.evaluation", type(decoder).__module__, type(data.checker).__module__)
     with distributed.main_process_alone(), stages.open("evaluation", spec, code=code) as stage:
         reused = stage.done
         if not reused:
             decoded_at = time.time()
-            model, tokenizer = policy.load_model(runtime), policy.load_tokenizer()
-            decoded = decoder.decode(model, tokenizer, list(data.test["prompt"]))
+            with open_engine(policy, settings.engine, runtime, settings.seed) as engine:
+                # shards in the stage's checkpoints: an interrupted evaluation resumes where it stopped
+                decoded = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation"),
+                                         list(data.test["prompt"]))
+                model = getattr(engine, "model", None)  # transformers: the same loaded model scores the gold
+            tokenizer = policy.load_tokenizer()
             # decoders that pick among samples (bon) add their accuracy curve and their greedy baseline
             metrics, records = evaluation.score(data.test, decoded, data.checker,
                                                 selector_curve=getattr(decoder, "accuracy_curve", None))
@@ -129,10 +134,12 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
                 metrics.update(reference_metrics(data.test, data.checker, metrics))
             metrics["decode_seconds"] = time.time() - decoded_at
             if settings.evaluation.diagnostics and "completion" in data.test.column_names:  # needs demonstrations
+                model = model if model is not None else policy.load_model(runtime)  # vllm: once its engine is closed
                 gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(data.test["prompt"]),
                                                         list(data.test["completion"]),
                                                         settings.evaluation.sequences_per_forward)
                 metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
+            del model
             metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
             output = stage.new_output_dir()
             evaluation.write_jsonl(output / "generations.jsonl", records)
@@ -197,7 +204,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         set_seed(settings.seed)
         context = AlgorithmContext(config=settings.algorithm, base=base, data=data, stages=stages, runtime=runtime,
                                    seed=settings.seed, report_to=tracker.report_to, output_dir=output_dir,
-                                   log=tracker.log, model_config=settings.model)
+                                   log=tracker.log, model_config=settings.model, engine=settings.engine)
         trained_at = time.time()
         policy = algorithm(starting_context(context, algorithm))
         train_seconds = time.time() - trained_at

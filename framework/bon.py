@@ -23,14 +23,15 @@ from typing import Callable
 
 from framework import registry
 from framework.config import require
-from framework.decoding import BackendConfig, Candidate, Decoded, GreedyConfig, GreedyDecoder, SampleDecoder
+from framework.config import DecoderConfig
+from framework.decoding import Candidate, Decoded, GreedyConfig, GreedyDecoder, SampleDecoder
 from framework.evaluation import pass_k_values, score
 
 SELECTOR_NAMES = ("logprob", "length_norm", "majority")
 
 
 @dataclass
-class BoNConfig(BackendConfig):
+class BoNConfig(DecoderConfig):
     name: str = "bon"
     samples_per_prompt: int = 50  # N (the sharpening paper's); the accuracy curve covers N' = 1, 2, 4, ... and N
     temperature: float = 1.0  # sampling temperature; log-probs stay at temperature 1 whatever this is
@@ -182,23 +183,14 @@ class BoNDecoder(SampleDecoder):
         # as many sequences per `generate` call as the sampling pass used
         return GreedyDecoder(GreedyConfig(
             max_new_tokens=self.config.max_new_tokens,
-            prompts_per_batch=self.config.prompts_per_batch * self.config.samples_per_prompt,
-            backend=self.config.backend, gpu_memory_utilization=self.config.gpu_memory_utilization), seed=self.seed)
+            prompts_per_batch=self.config.prompts_per_batch * self.config.samples_per_prompt), seed=self.seed)
 
-    def decode(self, model, tokenizer, prompts: list[str], progress: bool = True) -> list[Decoded]:
+    def decode(self, engine, prompts: list[str], progress: bool = True) -> list[Decoded]:
+        """The N samples (those `sample` draws with this seed), then, on the same engine, the greedy reference."""
         self.greedy_decoded = None
-        if self.config.backend == "vllm":  # `decode_on_engine` below: one engine for both passes
-            return super().decode(model, tokenizer, prompts, progress)
-        decoded = super().decode(model, tokenizer, prompts, progress)  # samples first: same RNG stream as `sample`
+        decoded = super().decode(engine, prompts, progress)
         if self.config.greedy_reference:
-            self.greedy_decoded = self.greedy_reference_decoder().decode(model, tokenizer, prompts, progress)
-        return decoded
-
-    def decode_on_engine(self, engine, model, tokenizer, prompts: list[str], progress: bool = True) -> list[Decoded]:
-        decoded = super().decode_on_engine(engine, model, tokenizer, prompts, progress)
-        if self.config.greedy_reference:
-            self.greedy_decoded = self.greedy_reference_decoder().decode_on_engine(engine, model, tokenizer, prompts,
-                                                                                    progress)
+            self.greedy_decoded = self.greedy_reference_decoder().decode(engine, prompts, progress)
         return decoded
 
     def accuracy_curve(self, decoded: list[Decoded], correct: list[list[bool]]) -> dict:

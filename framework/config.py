@@ -177,6 +177,13 @@ class DecoderConfig(Validated):
 
 
 @dataclass
+class EngineConfig(Validated):
+    """The generation engine every stage that generates uses (framework/generation.py)."""
+
+    name: str = MISSING
+
+
+@dataclass
 class DatasetConfig(Validated):
     name: str = MISSING  # registry key of the dataset loader
     path: str | None = None  # local directory with train.jsonl / test.jsonl; overrides the built-in source
@@ -308,6 +315,7 @@ class RunConfig(Validated):
     dataset: Any = MISSING
     algorithm: Any = MISSING
     decoder: Any = MISSING
+    engine: Any = MISSING
     logger: Any = MISSING
     stages: StagesConfig = field(default_factory=StagesConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -321,11 +329,11 @@ class RunConfig(Validated):
                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
         for group in GROUP_BASES:
             getattr(self, group).validate(group)
-        if getattr(self.decoder, "backend", "transformers") == "vllm":  # vLLM loads weights from a directory itself
-            require(not (self.model.lora.enabled and self.model.lora.checkpoint == "adapter"), "decoder.backend",
+        if self.engine.name == "vllm":  # vLLM loads weights from a directory itself
+            require(not (self.model.lora.enabled and self.model.lora.checkpoint == "adapter"), "engine",
                     "vllm needs full weights on disk; with LoRA set model.lora.checkpoint=merged", "vllm")
             require(not getattr(self.model, "gguf_file", None) or getattr(self.model, "cache_dequantized", True),
-                    "decoder.backend", "vllm cannot read GGUF here; set model.cache_dequantized=true", "vllm")
+                    "engine", "vllm cannot read GGUF here; set model.cache_dequantized=true", "vllm")
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
 
@@ -335,6 +343,7 @@ GROUP_BASES = {
     "dataset": DatasetConfig,
     "algorithm": AlgorithmConfig,
     "decoder": DecoderConfig,
+    "engine": EngineConfig,
     "logger": LoggerConfig,
 }
 

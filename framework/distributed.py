@@ -141,6 +141,11 @@ def share_from_main(value: Any = None) -> Any:
     return _broadcast_from_main(value) if synchronized() else value
 
 
+def barrier() -> None:
+    """Wait until every process of the job gets here (nothing to wait for when alone)."""
+    share_from_main(None)
+
+
 def _broadcast_from_main(value: Any) -> Any:
     import torch.distributed as dist
 

@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "framework.models",
     "framework.data.loaders",
     "framework.data.benchmarks",
+    "framework.generation",
     "framework.decoding",
     "framework.bon",
     "framework.algorithms.none",

@@ -263,15 +263,18 @@ class StageStore:
 
     @contextmanager
     def open(self, kind: str, spec: dict, collective: bool = False,
-             code: str | Sequence[str] = ()) -> Iterator[Stage]:
+             code: str | Sequence[str] = (), processes_in_key: bool | None = None) -> Iterator[Stage]:
         """The stage for (kind, spec, code), noted in the compute ledger once finished (see `_open`).
 
         `code`: the module(s) that compute the stage (usually the caller's `__name__`); their import
-        closure's fingerprint joins the spec (module docstring). Every framework call site names it."""
+        closure's fingerprint joins the spec (module docstring). Every framework call site names it.
+        `processes_in_key` (default: `collective`): the number of processes joins the key, as it must for
+        training (it sets the global batch); generation that splits across processes gives the same
+        artifact for any number, so it passes False."""
         opened_at = time.time()
         if code:
             spec = {**spec, "code": code_fingerprint(code)}
-        with self._open(kind, spec, collective) as stage:
+        with self._open(kind, spec, collective, collective if processes_in_key is None else processes_in_key) as stage:
             stage.opened_at = opened_at
             yield stage
         if stage.done:
@@ -279,7 +282,7 @@ class StageStore:
             self._ledger.setdefault(f"{kind}/{stage.key}", {"kind": kind, "key": stage.key, **compute})
 
     @contextmanager
-    def _open(self, kind: str, spec: dict, collective: bool = False) -> Iterator[Stage]:
+    def _open(self, kind: str, spec: dict, collective: bool = False, processes_in_key: bool = True) -> Iterator[Stage]:
         """Hold the stage's lock for the block; with reuse off, a finished stage is cleared first.
 
         `collective=True`: the block needs every process of a multi-process job (it trains); by
@@ -292,7 +295,8 @@ class StageStore:
             with self._locked(kind, spec, ALONE) as stage:
                 yield stage
         elif collective:
-            with self._collective(kind, {**spec, "world_size": distributed.world_size()}) as stage:
+            keyed = {**spec, "world_size": distributed.world_size()} if processes_in_key else spec
+            with self._collective(kind, keyed) as stage:
                 yield stage
         else:
             with self._main_only(kind, spec) as stage:

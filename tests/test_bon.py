@@ -13,6 +13,7 @@ from framework.bon import (BoNConfig, BoNDecoder, expected_accuracy_of_argmax, l
 from framework.config import to_validated
 from framework.data.answers import NumericAnswerChecker
 from framework.decoding import Candidate, Decoded, GreedyConfig, GreedyDecoder, SampleConfig, SampleDecoder
+from framework.generation import TransformersEngine
 from framework.errors import ConfigError
 from framework.evaluation import score
 
@@ -182,12 +183,12 @@ def test_composed_bon_config_validates(compose_cfg):
 # ---------------------------------------------------------------------------- decoding on a tiny model
 
 def test_bon_decode_picks_the_highest_logprob_sample(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+    engine = TransformersEngine(*model_and_tokenizer)
     settings = dict(max_new_tokens=10, prompts_per_batch=2, samples_per_prompt=3)
     decoder = BoNDecoder(BoNConfig(**settings), seed=1)
-    results = decoder.decode(model, tokenizer, PROMPTS, progress=False)
-    samples = SampleDecoder(SampleConfig(**settings), seed=1).decode(model, tokenizer, PROMPTS, progress=False)
-    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(model, tokenizer, PROMPTS, progress=False)
+    results = decoder.decode(engine, PROMPTS, progress=False)
+    samples = SampleDecoder(SampleConfig(**settings), seed=1).decode(engine, PROMPTS, progress=False)
+    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, progress=False)
     for result, sampled in zip(results, samples):
         logprobs = [candidate.logprob for candidate in result.candidates]
         assert len(logprobs) == 3 and result.chosen == [logprobs.index(max(logprobs))]
@@ -197,11 +198,10 @@ def test_bon_decode_picks_the_highest_logprob_sample(model_and_tokenizer):
 
 
 def test_bon_majority_decode_without_greedy_reference(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
     extract = NumericAnswerChecker().extract
     decoder = BoNDecoder(BoNConfig(max_new_tokens=8, samples_per_prompt=3, selector="majority",
                                    greedy_reference=False), answer_extractor=extract)
-    results = decoder.decode(model, tokenizer, PROMPTS, progress=False)
+    results = decoder.decode(TransformersEngine(*model_and_tokenizer), PROMPTS, progress=False)
     assert decoder.greedy_decoded is None
     for result in results:
         answers = [extract(candidate.text) for candidate in result.candidates]

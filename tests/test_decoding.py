@@ -1,13 +1,19 @@
-"""Decoders on a small random model: shapes, batching, and log-probs that match teacher forcing."""
+"""Decoders on a small random model through the transformers engine: shapes, batching, log-probs that match
+teacher forcing, and the counter-based sampler (exact, seeded, independent of batching)."""
+import math
+import random
+
 import pytest
 import torch
 
 from conftest import PROMPTS
 from framework.decoding import BeamConfig, BeamDecoder, GreedyConfig, GreedyDecoder, SampleConfig, SampleDecoder
-from framework.decoding import valid_token_mask
+from framework.generation import (GumbelMaxSampler, Request, TransformersEngine, counter_uniform, hash32, hash32_int,
+                                  row_state, valid_token_mask)
 
 
-
+def _engine(model_and_tokenizer):
+    return TransformersEngine(*model_and_tokenizer)
 
 
 def teacher_forced_logprob(model, tokenizer, prompt: str, completion_ids: list[int]) -> float:
@@ -26,10 +32,11 @@ def teacher_forced_logprob(model, tokenizer, prompt: str, completion_ids: list[i
 ], ids=["greedy", "sample", "beam", "beam-length-penalty"])
 def test_sequence_logprobs_equal_teacher_forcing(model_and_tokenizer, decoder):
     model, tokenizer = model_and_tokenizer
-    results = decoder.decode(model, tokenizer, PROMPTS, progress=False)
+    results = decoder.decode(_engine(model_and_tokenizer), PROMPTS, progress=False)
     assert len(results) == len(PROMPTS)
+    request = decoder.request()
     for prompt, result in zip(PROMPTS, results):
-        assert len(result.candidates) == decoder.outputs_per_prompt()
+        assert len(result.candidates) == (request.samples_per_prompt if request.samples else 1)
         for candidate in result.candidates:
             ids = candidate.token_ids
             assert len(ids) == candidate.num_tokens and (ids[-1] == tokenizer.eos_token_id) == candidate.finished
@@ -39,34 +46,49 @@ def test_sequence_logprobs_equal_teacher_forcing(model_and_tokenizer, decoder):
 
 
 def test_greedy_is_independent_of_batching(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
-    batched = GreedyDecoder(GreedyConfig(max_new_tokens=10, prompts_per_batch=8)).decode(model, tokenizer, PROMPTS, False)
-    single = GreedyDecoder(GreedyConfig(max_new_tokens=10, prompts_per_batch=1)).decode(model, tokenizer, PROMPTS, False)
+    engine = _engine(model_and_tokenizer)
+    batched = GreedyDecoder(GreedyConfig(max_new_tokens=10, prompts_per_batch=8)).decode(engine, PROMPTS, False)
+    single = GreedyDecoder(GreedyConfig(max_new_tokens=10, prompts_per_batch=1)).decode(engine, PROMPTS, False)
     assert [r.candidates[0].text for r in batched] == [r.candidates[0].text for r in single]
+
+
+def test_samples_are_independent_of_batching_and_follow_the_prompt_key(model_and_tokenizer):
+    """Counter-based noise: a prompt's samples depend on (seed, key, sample, step) only, not on its batch."""
+    engine = _engine(model_and_tokenizer)
+    request = Request(max_new_tokens=12, samples_per_prompt=3, temperature=1.0)
+    together = engine.generate(PROMPTS, request, seed=5, prompts_per_batch=8, progress=False)
+    alone = [engine.generate([prompt], request, seed=5, keys=[key], prompts_per_batch=1, progress=False)[0]
+             for key, prompt in enumerate(PROMPTS)]
+    assert [[c.token_ids for c in p] for p in together] == [[c.token_ids for c in p] for p in alone]
+    other_key = engine.generate(PROMPTS[:1], request, seed=5, keys=[7], progress=False)[0]
+    assert [c.token_ids for c in other_key] != [c.token_ids for c in together[0]]
 
 
 def test_temperature_is_applied_while_logprobs_stay_at_temperature_one(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(model, tokenizer, PROMPTS, False)
+    engine = _engine(model_and_tokenizer)
+    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, False)
     cold = SampleDecoder(SampleConfig(max_new_tokens=10, temperature=1e-4, samples_per_prompt=2)).decode(
-        model, tokenizer, PROMPTS, False)
+        engine, PROMPTS, False)
     for g, c in zip(greedy, cold):
         assert all(candidate.text == g.candidates[0].text for candidate in c.candidates)
         assert c.candidates[0].logprob == pytest.approx(g.candidates[0].logprob, abs=1e-4)
 
 
 def test_sampling_is_seeded(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+    engine = _engine(model_and_tokenizer)
     config = SampleConfig(max_new_tokens=10, samples_per_prompt=2)
-    first = SampleDecoder(config, seed=1).decode(model, tokenizer, PROMPTS, False)
-    again = SampleDecoder(config, seed=1).decode(model, tokenizer, PROMPTS, False)
+    first = SampleDecoder(config, seed=1).decode(engine, PROMPTS, False)
+    again = SampleDecoder(config, seed=1).decode(engine, PROMPTS, False)
+    other = SampleDecoder(config, seed=2).decode(engine, PROMPTS, False)
     assert [c.text for r in first for c in r.candidates] == [c.text for r in again for c in r.candidates]
+    assert [c.token_ids for r in first for c in r.candidates] != [c.token_ids for r in other for c in r.candidates]
 
 
 def test_beam_width_one_equals_greedy(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
-    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(model, tokenizer, PROMPTS, False)
-    beam = BeamDecoder(BeamConfig(max_new_tokens=10, num_beams=1)).decode(model, tokenizer, PROMPTS, False)
+    engine = _engine(model_and_tokenizer)
+    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, False)
+    beam = BeamDecoder(BeamConfig(max_new_tokens=10, num_beams=1)).decode(engine, PROMPTS, False)
     assert [r.candidates[0].text for r in greedy] == [r.candidates[0].text for r in beam]
 
 
@@ -84,3 +106,30 @@ def test_teacher_forced_logprobs_batched_with_padding(model_and_tokenizer):
     for prompt, completion, value in zip(PROMPTS, completions, scored):
         ids = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
         assert value == pytest.approx(teacher_forced_logprob(model, tokenizer, prompt, ids), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- the counter-based sampler
+def test_the_tensor_hash_equals_the_integer_reference():
+    """int64 products wrap; the low 32 bits that the hash keeps must equal exact integer arithmetic."""
+    values = [0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x9E3779B9] + [random.Random(0).getrandbits(32)
+                                                                        for _ in range(2000)]
+    assert hash32(torch.tensor(values, dtype=torch.int64)).tolist() == [hash32_int(v) for v in values]
+
+
+def test_counter_uniforms_are_uniform_and_distinct_per_row_and_step():
+    states = torch.tensor([row_state(0, key, sample) for key in range(50) for sample in range(4)], dtype=torch.int64)
+    first, second = counter_uniform(states, 0, 1000), counter_uniform(states, 1, 1000)
+    assert 0 < first.min() and first.max() < 1
+    assert abs(first.mean().item() - 0.5) < 0.005 and abs(first.var().item() - 1 / 12) < 0.002
+    assert not torch.equal(first, second) and len({tuple(row[:5].tolist()) for row in first}) == len(states)
+
+
+def test_gumbel_max_samples_the_softmax_exactly():
+    """20,000 rows on one set of logits: the token frequencies match softmax(logits / T) (binomial 4 sigma)."""
+    logits, temperature, rows = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5]), 0.8, 20000
+    sampler = GumbelMaxSampler([row_state(3, key, 0) for key in range(rows)], prompt_width=0, device="cpu")
+    picks = sampler(torch.zeros((rows, 0), dtype=torch.long), (logits / temperature).repeat(rows, 1)).argmax(-1)
+    expected = torch.softmax(logits / temperature, -1)
+    observed = torch.bincount(picks, minlength=5).double() / rows
+    for p, q in zip(observed.tolist(), expected.tolist()):
+        assert abs(p - q) < 4 * math.sqrt(q * (1 - q) / rows), (observed, expected)

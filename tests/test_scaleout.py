@@ -373,26 +373,37 @@ def _environment(cache):
     return env
 
 
-def test_two_processes_train_once_sample_once_and_write_one_result(tmp_path):
+def test_two_processes_split_the_sampling_train_once_and_write_one_result(tmp_path):
+    """The sampled set's batches are split across the two processes and gathered: the artifact equals a
+    single process's, byte for byte (counter-based sampling, the same batches)."""
     # pretrain_steps=0: the tiny base model needs no training here (see the README: the base-tiny stage)
+    split = ["algorithm.prompts_per_batch=2"]  # 4 batches of the 8 prompts: 2 per process
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "framework", *SHARPENING, *TINY, "logger=wandb", "hydra.run.dir=run"]
+               "-m", "framework", *SHARPENING, *TINY, *split, "logger=wandb", "hydra.run.dir=run"]
     result = subprocess.run(command, cwd=tmp_path, env=_environment(tmp_path / "cache"), capture_output=True,
                             text=True, timeout=240)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert output.count("process 0 of 2") == 1 and output.count("process 1 of 2") == 1
-    assert output.count("sampling 2 responses for each of 8 training prompts") == 1  # the main process alone
+    assert output.count("sampling 2 responses for each of 8 training prompts") == 2  # both processes sample
     assert output.count("BoN-SFT on 8 best-of-2 targets") == 2  # every process trains
     run = tmp_path / "run"
     assert json.loads((run / "results.json").read_text())["metrics"]["num_problems"] == 6
     assert (run / "config.yaml").is_file() and len(list((run / "wandb").glob("offline-run-*"))) == 1
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "run"]
     samples, = (tmp_path / "cache" / "samples").glob("*/stage.json")
-    assert "world_size" not in json.loads(samples.read_text())["spec"]
+    assert "world_size" not in json.loads(samples.read_text())["spec"]  # any number of processes: one artifact
     trained, = (tmp_path / "cache" / "bon_sft").glob("*/stage.json")
     assert json.loads(trained.read_text())["spec"]["world_size"] == 2
     assert not list((tmp_path / "cache").glob("*/*/output.partial*"))
+    # one process, its own cache: the same sampled set
+    single = subprocess.run([sys.executable, "-m", "framework", *SHARPENING, *TINY, *split, "logger=none",
+                             "hydra.run.dir=run1"], cwd=tmp_path, env=_environment(tmp_path / "cache1"),
+                            capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, (single.stdout + single.stderr)[-3000:]
+    alone, = (tmp_path / "cache1" / "samples").glob("*/output/samples.jsonl")
+    together, = (tmp_path / "cache" / "samples").glob("*/output/samples.jsonl")
+    # (their stage keys differ only through the base model's: a trained stage's key holds its process count)
+    assert together.read_text() == alone.read_text()
 
 
 @pytest.mark.slow  # about 80 s on 2 cores: two jobs of two processes each

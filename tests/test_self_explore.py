@@ -110,7 +110,7 @@ class ScriptedPolicy:
         self.successes_by_prompt = successes_by_prompt
         self.calls: list[list[str]] = []
 
-    def __call__(self, prompts):
+    def __call__(self, prompts, keys=None):
         self.calls.append(list(prompts))
         outputs = []
         for prompt in prompts:
@@ -472,7 +472,7 @@ def test_a_dataset_without_gold_answers_is_refused():
 def _scripted_sampling(monkeypatch, completions: dict[str, str], explorer_calls: list):
     """Rationales: per question the gold solution, one with a wrong final line, one with a wrong first
     line. Explorer: a prefix continues to the gold answer iff it is a prefix of the gold solution."""
-    from framework.decoding import Candidate, Decoded
+    from framework.decoding import Candidate
 
     def wrong_last(solution):
         *lines, final = solution.split("\n")
@@ -483,20 +483,13 @@ def _scripted_sampling(monkeypatch, completions: dict[str, str], explorer_calls:
         left, result = first.rsplit(" = ", 1)
         return "\n".join([f"{left} = {int(result) + 1}", *rest, f"#### {int(final.split()[-1]) + 2}"])
 
-    class FakeDecoder:
-        def __init__(self, config, seed=0):
-            self.config = config
+    def rationales_of(prompt, request):
+        gold = completions[prompt]
+        texts = [gold, wrong_last(gold), wrong_first(gold)][: request.samples_per_prompt]
+        return [Candidate(t, 5, -1.0, True, [0] * 5) for t in texts]
 
-        def decode(self, model, tokenizer, prompts, progress=True):
-            results = []
-            for prompt in prompts:
-                gold = completions[prompt]
-                texts = [gold, wrong_last(gold), wrong_first(gold)][: self.config.samples_per_prompt]
-                results.append(Decoded([Candidate(t, 5, -1.0, True, [0] * 5) for t in texts], [0]))
-            return results
-
-    def fake_explorer(model, tokenizer, continuations_per_step, *args):
-        def continue_prefixes(prompts):
+    def fake_explorer(engine, continuations_per_step, *args):
+        def continue_prefixes(prompts, keys=None):
             explorer_calls.append(len(prompts))
             outputs = []
             for text in prompts:
@@ -507,8 +500,26 @@ def _scripted_sampling(monkeypatch, completions: dict[str, str], explorer_calls:
             return outputs
         return continue_prefixes
 
-    monkeypatch.setattr(rationales, "SampleDecoder", FakeDecoder)
+    monkeypatch.setattr(rationales, "open_engine", scripted_engine(rationales_of))
     monkeypatch.setattr(self_explore, "sampling_explorer", fake_explorer)
+
+
+def scripted_engine(candidates_of):
+    """An `open_engine` stand-in whose engine answers every prompt with `candidates_of(prompt, request)`."""
+    from contextlib import contextmanager
+
+    class ScriptedEngine:
+        def generate(self, prompts, request, *, seed, keys=None, prompts_per_batch=32, progress=True):
+            return [candidates_of(prompt, request) for prompt in prompts]
+
+        def close(self):
+            pass
+
+    @contextmanager
+    def open_engine(handle, config, runtime, seed=0):
+        yield ScriptedEngine()
+
+    return open_engine
 
 
 def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
@@ -566,18 +577,13 @@ def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
 
 def test_zero_pairs_is_an_error_that_says_what_to_raise(monkeypatch, tmp_path):
     from framework.__main__ import run
-    from framework.decoding import Candidate, Decoded
+    from framework.decoding import Candidate
 
-    class AlwaysWrong:  # every rationale incorrect: RFT has nothing to learn from, and no chosen side exists
-        def __init__(self, config, seed=0):
-            self.config = config
-
-        def decode(self, model, tokenizer, prompts, progress=True):
-            return [Decoded([Candidate("1 + 1 = 2\n#### 999", 5, -1.0, True, [0] * 5)], [0]) for _ in prompts]
-
-    monkeypatch.setattr(rationales, "SampleDecoder", AlwaysWrong)
+    # every rationale incorrect: RFT has nothing to learn from, and no chosen side exists
+    always_wrong = scripted_engine(lambda prompt, request: [Candidate("1 + 1 = 2\n#### 999", 5, -1.0, True, [0] * 5)])
+    monkeypatch.setattr(rationales, "open_engine", always_wrong)
     monkeypatch.setattr(self_explore, "sampling_explorer",
-                        lambda *args: (lambda prompts: [["#### 999"] * 4 for _ in prompts]))
+                        lambda *args: (lambda prompts, keys=None: [["#### 999"] * 4 for _ in prompts]))
     shared = [*FAST, *FAST_TRAINING, "algorithm.starting_point=base", "algorithm.train_prompts=4"]
     with pytest.raises(ConfigError, match="RFT has nothing to train on; raise rationales_per_question"):
         run(compose_config(["algorithm=self_explore", *shared], tmp_path / "cache"), tmp_path / "a")

@@ -32,6 +32,7 @@ class AlgorithmContext:
     log: Callable[[dict], None] = lambda metrics: None  # extra metrics to the tracker
     model_config: ModelConfig = field(default_factory=ModelConfig)  # model-wide options: LoRA, checkpointing, attention
     initial: ModelHandle | None = None  # the model as `model=` builds it, when `base` is a warm start on top of it
+    engine: Any = None  # the run's generation engine config (engine=); None: transformers with its defaults
 
     @property
     def built(self) -> ModelHandle:

@@ -21,13 +21,15 @@ import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
+from types import SimpleNamespace
 from typing import Callable
 
 from rapidfuzz.distance import Levenshtein
 
 from framework.algorithms import AlgorithmContext
 from framework.config import TrainingSamplingConfig, Validated, require
-from framework.decoding import SampleConfig, SampleDecoder
+from framework.decoding import sample_request
+from framework.generation import ShardedEngine, TransformersEngineConfig, engine_identity, open_engine
 from framework.errors import ConfigError
 from framework.models import ModelHandle
 
@@ -145,15 +147,17 @@ def read_jsonl(path) -> list[dict]:
 
 
 def stored_records(ctx: AlgorithmContext, kind: str, spec: dict, file: str,
-                   compute: Callable[[], tuple[list[dict], dict]], *, code: str) -> tuple[list[dict], str, dict]:
+                   compute: Callable[..., tuple[list[dict], dict]], *, code: str,
+                   generates: bool = False) -> tuple[list[dict], str, dict]:
     """JSONL records computed once per spec in stage `kind` (`compute` -> records, summary) by the code of
     module `code`; returns the records, the stage key (downstream stages put it in their own specs) and
-    the stored summary."""
-    with ctx.stages.open(kind, spec, code=code) as stage:
+    the stored summary. `generates`: the stage generates, with every process taking part (its batches
+    split across them) and shards kept in the stage's checkpoints, which `compute(shard_dir)` receives."""
+    with ctx.stages.open(kind, spec, code=code, collective=generates, processes_in_key=False) as stage:
         if stage.done:
             log.info("reusing %s %s", kind, stage.output / file)
         else:
-            records, summary = compute()
+            records, summary = compute(stage.checkpoints / "generation") if generates else compute()
             output = stage.new_output_dir()
             write_jsonl(output / file, records)
             stage.commit(summary)
@@ -194,15 +198,16 @@ def sample_rationales(ctx: AlgorithmContext, config: RationaleSamplingConfig,
     count = len(train) if config.train_prompts is None else min(config.train_prompts, len(train))
     prompts, golds = list(train["prompt"][:count]), list(train["gold_answer"][:count])
     spec = {"sampling": config.sampling_keys(), "base": ctx.base.fingerprint, "data": ctx.data.fingerprint,
-            "seed": ctx.seed, "prompts": count}
+            "seed": ctx.seed, "prompts": count, "engine": engine_identity(ctx.engine or TransformersEngineConfig())}
 
-    def compute():
+    def compute(shard_dir):
         log.info("sampling %d rationales for each of %d training questions", config.rationales_per_question, count)
-        decoder = SampleDecoder(SampleConfig(
-            temperature=config.temperature, top_p=config.top_p, samples_per_prompt=config.rationales_per_question,
-            max_new_tokens=config.max_new_tokens, prompts_per_batch=config.prompts_per_batch), seed=ctx.seed)
-        model, tokenizer = ctx.base.load_model(ctx.runtime), ctx.base.load_tokenizer()
-        decoded = decoder.decode(model, tokenizer, prompts)
+        request = sample_request(config.rationales_per_question, config.temperature, config.top_p,
+                                 config.max_new_tokens)
+        with open_engine(ctx.base, ctx.engine, ctx.runtime, ctx.seed) as engine:
+            outputs = ShardedEngine(engine, shard_dir).generate(prompts, request, seed=ctx.seed,
+                                                                prompts_per_batch=config.prompts_per_batch)
+        decoded = [SimpleNamespace(candidates=candidates) for candidates in outputs]
         questions = []
         for index, (prompt, gold, result) in enumerate(zip(prompts, golds, decoded)):
             rationales = []
@@ -215,7 +220,8 @@ def sample_rationales(ctx: AlgorithmContext, config: RationaleSamplingConfig,
         summary["compute"] = {"generated_tokens": sum(c.num_tokens for result in decoded for c in result.candidates)}
         return [q.to_record() for q in questions], summary
 
-    records, key, _ = stored_records(ctx, "rationales", spec, RATIONALES_FILE, compute, code=__name__)
+    records, key, _ = stored_records(ctx, "rationales", spec, RATIONALES_FILE, compute, code=__name__,
+                                     generates=True)
     questions = [SampledQuestion.from_record(record) for record in records]
     ctx.log({f"rationales/{name}": value for name, value in rationale_set_summary(questions).items()})
     return questions, key

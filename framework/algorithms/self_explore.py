@@ -51,7 +51,8 @@ from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingCon
                                              stored_records)
 from framework.algorithms.rft import RFTStageConfig, rft_model
 from framework.config import AlgorithmConfig, StartingPointConfig, Validated, require
-from framework.decoding import SampleConfig, SampleDecoder
+from framework.decoding import sample_request
+from framework.generation import ShardedEngine, TransformersEngineConfig, engine_identity, open_engine
 from framework.errors import ConfigError
 from framework.models import ModelHandle
 
@@ -217,13 +218,14 @@ def sampled_step_limit(target: ExplorationTarget, max_explored_steps: int) -> in
     return min(len(target.steps) - (1 if target.finished else 0), max_explored_steps)
 
 
-def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Callable[[list[str]], list[list[str]]],
+def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Callable[..., list[list[str]]],
                        is_correct: Callable[[str, str], bool], max_explored_steps: int,
                        schedule: str = "rounds") -> list[ExplorationRecord]:
     """Success counts per step prefix and the first pit of every target.
 
-    `continue_prefixes(prompts)` returns the sampled continuations of each prompt (question + steps);
-    it is called once per round (`rounds`: the step-i prefixes of all targets without a pit yet) or
+    `continue_prefixes(prompts, keys)` returns the sampled continuations of each prompt (question + steps);
+    `keys` names each prefix (target and step count), so its samples do not depend on the batch. It is
+    called once per round (`rounds`: the step-i prefixes of all targets without a pit yet) or
     once in all (`all_prefixes`). A continuation c of prefix s_1..s_i is a success when
     `is_correct(s_1..s_i + c, gold)`."""
     if schedule not in SCHEDULES:
@@ -237,7 +239,8 @@ def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Call
         if not prefixes:
             return
         texts = ["".join(targets[t].steps[:steps]) for t, steps in prefixes]
-        sampled = continue_prefixes([targets[t].prompt + text for (t, _), text in zip(prefixes, texts)])
+        keys = [t * (max_explored_steps + 1) + steps for t, steps in prefixes]
+        sampled = continue_prefixes([targets[t].prompt + text for (t, _), text in zip(prefixes, texts)], keys)
         for (t, steps), text, outputs in zip(prefixes, texts, sampled):
             reached = [c for c in outputs if is_correct(text + c, targets[t].gold)]
             counts[t][steps - 1] = len(reached)
@@ -263,16 +266,14 @@ def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Call
     return records
 
 
-def sampling_explorer(model, tokenizer, continuations_per_step: int, temperature: float, top_p: float,
-                      max_new_tokens: int, prefixes_per_batch: int,
-                      seed: int) -> Callable[[list[str]], list[list[str]]]:
-    """`continue_prefixes` backed by the batched sampling decoder (k samples per prefix)."""
-    decoder = SampleDecoder(SampleConfig(temperature=temperature, top_p=top_p,
-                                         samples_per_prompt=continuations_per_step, max_new_tokens=max_new_tokens,
-                                         prompts_per_batch=prefixes_per_batch), seed=seed)
+def sampling_explorer(engine, continuations_per_step: int, temperature: float, top_p: float, max_new_tokens: int,
+                      prefixes_per_batch: int, seed: int) -> Callable[..., list[list[str]]]:
+    """`continue_prefixes` on one open engine for every round (k samples per prefix)."""
+    request = sample_request(continuations_per_step, temperature, top_p, max_new_tokens)
 
-    def continue_prefixes(prompts: list[str]) -> list[list[str]]:
-        return [[c.text for c in result.candidates] for result in decoder.decode(model, tokenizer, prompts)]
+    def continue_prefixes(prompts: list[str], keys: list[int] | None = None) -> list[list[str]]:
+        outputs = engine.generate(prompts, request, seed=seed, keys=keys, prompts_per_batch=prefixes_per_batch)
+        return [[c.text for c in candidates] for candidates in outputs]
 
     return continue_prefixes
 
@@ -451,23 +452,25 @@ def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[Sa
             explorer: ModelHandle) -> tuple[list[ExplorationRecord], str]:
     """The exploration record of every target (stage `exploration`)."""
     spec = {"targets": targets_key, "explorer": explorer.fingerprint, "exploration": config.exploration_keys(),
-            "require_finished": config.require_finished, "seed": ctx.seed}
+            "require_finished": config.require_finished, "seed": ctx.seed,
+            "engine": engine_identity(ctx.engine or TransformersEngineConfig())}
 
-    def compute():
+    def compute(shard_dir):
         log.info("exploring %d incorrect rationales (k=%d, %s)", len(targets), config.continuations_per_step,
                  config.exploration_schedule)
-        continue_prefixes = sampling_explorer(
-            explorer.load_model(ctx.runtime), explorer.load_tokenizer(), config.continuations_per_step,
-            config.exploration_temperature, config.exploration_top_p, config.continuation_max_new_tokens,
-            config.prefixes_per_batch, ctx.seed)
-        records = explore_first_pits(targets, continue_prefixes,
-                                     lambda text, gold: ctx.data.checker.check(text, gold).correct,
-                                     config.max_explored_steps, config.exploration_schedule)
+        with open_engine(explorer, ctx.engine, ctx.runtime, ctx.seed) as engine:  # one engine for every round
+            continue_prefixes = sampling_explorer(
+                ShardedEngine(engine, shard_dir), config.continuations_per_step, config.exploration_temperature,
+                config.exploration_top_p, config.continuation_max_new_tokens, config.prefixes_per_batch, ctx.seed)
+            records = explore_first_pits(targets, continue_prefixes,
+                                         lambda text, gold: ctx.data.checker.check(text, gold).correct,
+                                         config.max_explored_steps, config.exploration_schedule)
         rollouts = sum(r.rollouts for r in records)
         return [asdict(r) for r in records], {"rationales_without_steps": without_steps, "rollouts": rollouts,
                                               "compute": {"rollouts": rollouts}}
 
-    records, key, _ = stored_records(ctx, "exploration", spec, EXPLORATION_FILE, compute, code=__name__)
+    records, key, _ = stored_records(ctx, "exploration", spec, EXPLORATION_FILE, compute, code=__name__,
+                                     generates=True)
     return [ExplorationRecord(**record) for record in records], key
 
 

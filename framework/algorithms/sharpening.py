@@ -18,11 +18,13 @@ import logging
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
 
 from framework.algorithms import AlgorithmContext
 from framework.bon import SELECTOR_NAMES, select
 from framework.config import TrainingSamplingConfig, require
-from framework.decoding import Candidate, SampleConfig, SampleDecoder
+from framework.decoding import sample_request
+from framework.generation import Candidate, ShardedEngine, TransformersEngineConfig, engine_identity, open_engine
 
 log = logging.getLogger(__name__)
 PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "random_pair")
@@ -125,18 +127,18 @@ def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig)
     if config.train_prompts is not None:
         prompts = prompts[: config.train_prompts]
     spec = {"sampling": config.sampling_keys(), "base": ctx.base.fingerprint, "data": ctx.data.fingerprint,
-            "seed": ctx.seed, "prompts": len(prompts)}
-    with ctx.stages.open("samples", spec, code=__name__) as stage:
+            "seed": ctx.seed, "prompts": len(prompts), "engine": engine_identity(ctx.engine or TransformersEngineConfig())}
+    # every process takes part: the batches split across them, shards resume an interrupted stage
+    with ctx.stages.open("samples", spec, code=__name__, collective=True, processes_in_key=False) as stage:
         if stage.done:
             log.info("reusing sampled set %s", stage.output / SAMPLES_FILE)
         else:
             log.info("sampling %d responses for each of %d training prompts", config.samples_per_prompt, len(prompts))
-            decoder = SampleDecoder(SampleConfig(
-                temperature=config.temperature, top_p=config.top_p, samples_per_prompt=config.samples_per_prompt,
-                max_new_tokens=config.max_new_tokens, prompts_per_batch=config.prompts_per_batch), seed=ctx.seed)
-            model, tokenizer = ctx.base.load_model(ctx.runtime), ctx.base.load_tokenizer()
-            decoded = decoder.decode(model, tokenizer, prompts)
-            del model
+            request = sample_request(config.samples_per_prompt, config.temperature, config.top_p, config.max_new_tokens)
+            with open_engine(ctx.base, ctx.engine, ctx.runtime, ctx.seed) as engine:
+                outputs = ShardedEngine(engine, stage.checkpoints / "generation").generate(
+                    prompts, request, seed=ctx.seed, prompts_per_batch=config.prompts_per_batch)
+            decoded = [SimpleNamespace(candidates=candidates) for candidates in outputs]
             records = [SampledPrompt(prompt, result.candidates,
                                      [ctx.data.checker.extract(c.text) for c in result.candidates]).to_record()
                        for prompt, result in zip(prompts, decoded)]
