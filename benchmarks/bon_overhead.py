@@ -40,6 +40,7 @@ def main() -> None:
 
     from framework import registry
     from framework.bon import BoNConfig, BoNDecoder
+    from framework.generation import TransformersEngine
     from framework.data.loaders import ArithDatasetConfig
     from framework.models import TinyModelConfig, resolve_runtime
     from framework.stages import StageStore
@@ -73,7 +74,8 @@ def main() -> None:
         decoder = BoNDecoder(BoNConfig(samples_per_prompt=args.samples, selector=selector, greedy_reference=False,
                                        max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch),
                              seed=0, answer_extractor=data.checker.extract)
-        return lambda: decoder.decode(model, tokenizer, prompts, progress=False)
+        engine = TransformersEngine(model, tokenizer)
+        return lambda: decoder.decode(engine, prompts, progress=False)
 
     def timed(function) -> float:
         function()  # warm-up: allocator, kernels

@@ -44,7 +44,7 @@ def main() -> None:
     from framework.algorithms.self_explore import (ExplorationConfig, SelfExploreConfig, explore_first_pits,
                                                    exploration_targets, sampling_explorer)
     from framework.data.loaders import ArithDatasetConfig
-    from framework.decoding import SampleConfig, SampleDecoder
+    from framework.generation import Request, TransformersEngine
     from framework.models import TinyModelConfig, resolve_runtime
     from framework.stages import StageStore
 
@@ -56,25 +56,26 @@ def main() -> None:
     model, tokenizer = base.load_model(runtime), base.load_tokenizer()
     train = data.train.select(range(args.questions))
 
-    sampler = SampleDecoder(SampleConfig(temperature=0.7, samples_per_prompt=args.rationales_per_question,
-                                         max_new_tokens=args.max_new_tokens, prompts_per_batch=8), seed=0)
+    engine = TransformersEngine(model, tokenizer)
+    sampled = engine.generate(list(train["prompt"]), Request(max_new_tokens=args.max_new_tokens, temperature=0.7,
+                                                             samples_per_prompt=args.rationales_per_question),
+                              seed=0, prompts_per_batch=8, progress=False)
     questions = []
-    for index, (prompt, gold, result) in enumerate(zip(train["prompt"], train["gold_answer"],
-                                                       sampler.decode(model, tokenizer, list(train["prompt"])))):
+    for index, (prompt, gold, candidates) in enumerate(zip(train["prompt"], train["gold_answer"], sampled)):
         questions.append(SampledQuestion(index, prompt, gold, [
             Rationale(c.text, c.finished, None, data.checker.check(c.text, gold).correct, c.num_tokens)
-            for c in result.candidates]))
+            for c in candidates]))
     config = SelfExploreConfig(explored_rationales="all_incorrect")  # the timing needs targets, not outcome pairs
     targets = exploration_targets(questions, config, [])[0][: args.rationales]
     is_correct = lambda text, gold: data.checker.check(text, gold).correct  # noqa: E731
 
     def explorer():
-        return sampling_explorer(model, tokenizer, args.k, ExplorationConfig.exploration_temperature, 1.0,
+        return sampling_explorer(engine, args.k, ExplorationConfig.exploration_temperature, 1.0,
                                  args.max_new_tokens, args.prefixes_per_batch, seed=0)
 
     def one_at_a_time():
         batched = explorer()
-        return lambda prompts: [batched([prompt])[0] for prompt in prompts]
+        return lambda prompts, keys=None: [batched([prompt])[0] for prompt in prompts]
 
     figures = {"device": runtime.device, "threads": torch.get_num_threads(), "rationales": len(targets),
                "k": args.k, "prefixes_per_batch": args.prefixes_per_batch,

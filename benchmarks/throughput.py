@@ -42,6 +42,8 @@ def main() -> None:
     import torch
     from datasets import Dataset
     from transformers import set_seed
+
+    from framework.generation import TransformersEngine
     from trl import SFTConfig, SFTTrainer
 
     from framework import registry
@@ -141,10 +143,11 @@ def main() -> None:
     model, tokenizer = base.load_model(runtime).eval(), base.load_tokenizer()
     prompts = list(data.test["prompt"])
     decoder = registry.decoders.get("greedy")(GreedyConfig(max_new_tokens=args.max_new_tokens))
-    decoder.decode(model, tokenizer, prompts[:8], progress=False)  # warm-up, both paths share it
+    engine = TransformersEngine(model, tokenizer)
+    decoder.decode(engine, prompts[:8], progress=False)  # warm-up, both paths share it
 
     def framework_decode():
-        return decoder.decode(model, tokenizer, prompts, progress=False)
+        return decoder.decode(engine, prompts, progress=False)
 
     def plain_generate():
         with torch.no_grad():

@@ -49,7 +49,7 @@ class Validated:
 FRAMEWORK_TRAINER_FIELDS = ("output_dir", "report_to", "seed", "data_seed", "save_strategy", "use_cpu",
                             "dataloader_num_workers", "gradient_checkpointing", "activation_checkpointing",
                             "warmup_steps", "beta", "loss_type", "completion_only_loss", "temperature", "top_p",
-                            "top_k", "max_new_tokens")
+                            "top_k", "max_new_tokens", "precompute_ref_log_probs")
 
 
 @functools.lru_cache(maxsize=None)
@@ -334,6 +334,10 @@ class RunConfig(Validated):
                     "vllm needs full weights on disk; with LoRA set model.lora.checkpoint=merged", "vllm")
             require(not getattr(self.model, "gguf_file", None) or getattr(self.model, "cache_dequantized", True),
                     "engine", "vllm cannot read GGUF here; set model.cache_dequantized=true", "vllm")
+            # the engine refuses it too (vllm_backend.check_request), but only at decoding, after training
+            require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.decoder, "length_penalty", 0) == 0,
+                    "decoder.length_penalty", "must be 0 for beam search with engine=vllm (vLLM's length counts "
+                    "the prompt's tokens)", getattr(self.decoder, "length_penalty", None))
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
 

@@ -299,3 +299,31 @@ def test_trains_on_a_split_without_any_gold_answer(unlabelled_context, algorithm
     assert (Path(trained.path) / "config.json").is_file()
     sampled = list((unlabelled_context.stages.root / "samples").glob("*/output/samples.jsonl"))
     assert sampled, "the sampled set is saved as an artifact"
+
+
+@pytest.mark.parametrize("trainer_kind", ["sigmoid", "squared"])
+def test_a_precomputed_reference_holds_no_second_model_and_gives_the_same_loss(trainer_kind, tmp_path):
+    """precompute_ref_log_probs: TRL scores every pair with the starting model once before training; the
+    trainer then keeps no reference copy, and the loss on a batch equals the one with a live reference."""
+    import copy
+
+    from trl import DPOConfig, DPOTrainer
+
+    policy, _, tokenizer = _models()
+    trainer_class = DPOTrainer if trainer_kind == "sigmoid" else SquaredSharpeningDPOTrainer
+    losses = {}
+    for precompute in (False, True):
+        args = DPOConfig(output_dir=str(tmp_path / f"dpo{precompute}"), beta=0.5, loss_type=["sigmoid"],
+                         per_device_train_batch_size=3, report_to="none", use_cpu=True, bf16=False,
+                         precompute_ref_log_probs=precompute)
+        trainer = trainer_class(model=copy.deepcopy(policy), ref_model=None if precompute else copy.deepcopy(policy),
+                                args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=tokenizer)
+        assert (trainer.ref_model is None) == precompute
+        with torch.no_grad():  # move the policy off the reference, so the reference's numbers matter
+            for parameter in trainer.model.parameters():
+                parameter.add_(0.01 * torch.sin(torch.arange(parameter.numel(), dtype=parameter.dtype)).view_as(parameter))
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        assert ("ref_chosen_logps" in batch) == precompute
+        with torch.no_grad():
+            losses[precompute] = trainer.compute_loss(trainer.model, batch).item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

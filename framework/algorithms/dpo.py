@@ -49,6 +49,7 @@ class DPOAlgorithmConfig(TrainingConfig, SelfRewardSamplingConfig, StartingPoint
     loss: str = "squared"  # squared (the paper's regression; needs selector=logprob) | sigmoid (DPO)
     pair_strategy: str = "random_pair"  # random_pair (the paper's (y, y') ~ pi_base) | best_vs_worst | best_vs_random
     learning_rate: float = 1e-6  # TRL's DPOConfig default
+    precompute_ref_log_probs: bool = False  # true: pi_base's log-probs of every pair once, no second model in memory
     num_train_epochs: float = 1.0
     gradient_accumulation_steps: int = 1
 
@@ -156,10 +157,12 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
 
     def make_trainer(checkpoint_dir: str):
         arguments = trainer_arguments(config, ctx, checkpoint_dir)
-        args = DPOConfig(**arguments, beta=config.beta, loss_type=["sigmoid"])
+        args = DPOConfig(**arguments, beta=config.beta, loss_type=["sigmoid"],
+                         precompute_ref_log_probs=config.precompute_ref_log_probs)
         trainer_class = SquaredSharpeningDPOTrainer if config.loss == "squared" else DPOTrainer
         # the reference is the starting model, loaded explicitly rather than guessed from a config path
-        return trainer_class(model=ctx.base.load_model(ctx.runtime), ref_model=reference_model(ctx, ctx.base),
+        return trainer_class(model=ctx.base.load_model(ctx.runtime),
+                             ref_model=reference_model(ctx, ctx.base, config.precompute_ref_log_probs),
                              args=args, train_dataset=pairs, processing_class=ctx.base.load_tokenizer(),
                              peft_config=peft_config(ctx))
 

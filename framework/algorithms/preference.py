@@ -32,6 +32,9 @@ class PreferenceTrainingConfig(TrainingConfig):
     TRL_CONFIG: ClassVar[str] = "trl:DPOConfig"
     beta: float = 0.1  # DPO sigmoid temperature (Self-Explore paper: 0.1)
     rejected_eos: bool = False  # false: EOS after the chosen side only (the scripts'); true: both sides (TRL's)
+    # true: the reference's log-probs of every pair are computed once before training (TRL) instead of a second
+    # model held in memory for the whole run: one model's memory less, one extra pass over the pairs
+    precompute_ref_log_probs: bool = False
     learning_rate: float = 1e-6
     num_train_epochs: float = 3.0
     per_device_train_batch_size: int = 4
@@ -69,7 +72,8 @@ def train_dpo_on_pairs(ctx: AlgorithmContext, kind: str, start: ModelHandle, pai
     train = Dataset.from_list([{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in pairs])
 
     def make_trainer(checkpoint_dir: str):
-        args = DPOConfig(**trainer_arguments(config, ctx, checkpoint_dir), beta=config.beta, loss_type=["sigmoid"])
+        args = DPOConfig(**trainer_arguments(config, ctx, checkpoint_dir), beta=config.beta, loss_type=["sigmoid"],
+                         precompute_ref_log_probs=config.precompute_ref_log_probs)
         tokenizer = start.load_tokenizer()
         collator = None
         if not config.rejected_eos:
@@ -79,7 +83,8 @@ def train_dpo_on_pairs(ctx: AlgorithmContext, kind: str, start: ModelHandle, pai
                                           pad_to_multiple_of=args.pad_to_multiple_of,
                                           eos_token_id=tokenizer.eos_token_id)
         # the reference is the starting model (the RFT model when enabled), loaded explicitly
-        return DPOTrainer(model=start.load_model(ctx.runtime), ref_model=reference_model(ctx, start), args=args,
+        return DPOTrainer(model=start.load_model(ctx.runtime),
+                          ref_model=reference_model(ctx, start, config.precompute_ref_log_probs), args=args,
                           data_collator=collator, train_dataset=train, processing_class=tokenizer,
                           peft_config=peft_config(ctx))
 

@@ -91,10 +91,11 @@ def peft_config(ctx: AlgorithmContext):
                       target_modules=modules[0] if modules == ["all-linear"] else modules)
 
 
-def reference_model(ctx: AlgorithmContext, start: ModelHandle):
-    """The frozen reference of a DPO-style trainer: a second copy of `start`, or None under LoRA, where
-    TRL scores the reference by switching the adapter off (one model in memory instead of two)."""
-    return None if ctx.model_config.lora.enabled else start.load_model(ctx.runtime)
+def reference_model(ctx: AlgorithmContext, start: ModelHandle, precompute: bool = False):
+    """The frozen reference of a DPO-style trainer: a second copy of `start`; or None, one model in memory
+    instead of two, under LoRA (TRL scores the reference with the adapter switched off) and with
+    `precompute` (TRL scores every pair with the starting model once, before training, and keeps the numbers)."""
+    return None if ctx.model_config.lora.enabled or precompute else start.load_model(ctx.runtime)
 
 
 def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: Callable[[str], object], *,
