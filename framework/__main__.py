@@ -112,6 +112,9 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
 
     # Greedy and beam decoding draw no random numbers: their evaluation of a model is one entry for every
     # seed (the untrained `none` model is the same model under every seed, so its seeds share it).
+    test = data.test
+    if settings.decoder.max_problems is not None and settings.decoder.max_problems < len(test):
+        test = test.select(range(settings.decoder.max_problems))  # the first N: every decoder's share is common
     spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
             "seed": settings.seed if decoder.draws_samples else None, "diagnostics": settings.evaluation.diagnostics,
             "engine": engine_identity(settings.engine)}
@@ -123,20 +126,19 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
             decoded_at = time.time()
             with open_engine(policy, settings.engine, runtime, settings.seed) as engine:
                 # shards in the stage's checkpoints: an interrupted evaluation resumes where it stopped
-                decoded = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation"),
-                                         list(data.test["prompt"]))
+                decoded = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation"), list(test["prompt"]))
                 model = getattr(engine, "model", None)  # transformers: the same loaded model scores the gold
             tokenizer = policy.load_tokenizer()
             # decoders that pick among samples (bon) add their accuracy curve and their greedy baseline
-            metrics, records = evaluation.score(data.test, decoded, data.checker,
+            metrics, records = evaluation.score(test, decoded, data.checker,
                                                 selector_curve=getattr(decoder, "accuracy_curve", None))
             if (reference_metrics := getattr(decoder, "reference_metrics", None)) is not None:
-                metrics.update(reference_metrics(data.test, data.checker, metrics))
+                metrics.update(reference_metrics(test, data.checker, metrics))
             metrics["decode_seconds"] = time.time() - decoded_at
-            if settings.evaluation.diagnostics and "completion" in data.test.column_names:  # needs demonstrations
+            if settings.evaluation.diagnostics and "completion" in test.column_names:  # needs demonstrations
                 model = model if model is not None else policy.load_model(runtime)  # vllm: once its engine is closed
-                gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(data.test["prompt"]),
-                                                        list(data.test["completion"]),
+                gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(test["prompt"]),
+                                                        list(test["completion"]),
                                                         settings.evaluation.sequences_per_forward)
                 metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
             del model
@@ -153,7 +155,7 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
 
 # Stages every method's model rests on alike (the starting model) or that are not training (evaluation):
 # left out of a method's compute sums, still listed under compute.stages.
-SHARED_STAGE_KINDS = ("base-tiny", "base-gguf", "evaluation")
+SHARED_STAGE_KINDS = ("base-tiny", "base-gguf", "evaluation", "premises")
 
 
 def _compute_spent(ledger: list[dict]) -> dict:
@@ -165,13 +167,60 @@ def _compute_spent(ledger: list[dict]) -> dict:
             "exploration_rollouts": total("rollouts"), "stages": ledger}
 
 
+def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
+    """framework/premises.py on what the method recorded in `ctx.artifacts`, with the gold answers (the
+    method never sees them); a stage keyed by the trained model, so every decoder's job shares it."""
+    from framework import premises
+    from framework.generation import Request, engine_identity, open_engine
+
+    if not settings.evaluation.premises or not ctx.artifacts:
+        return None
+    spec = {"policy": policy.fingerprint, "data": ctx.data.fingerprint, "engine": engine_identity(settings.engine)}
+    max_new_tokens = getattr(settings.algorithm, "max_new_tokens", settings.decoder.max_new_tokens)
+
+    def greedy(model, prompts: list[str]) -> list[str]:
+        with open_engine(model, settings.engine, runtime, settings.seed) as engine:
+            outputs = engine.generate(prompts, Request(max_new_tokens=max_new_tokens), seed=settings.seed,
+                                      prompts_per_batch=settings.decoder.prompts_per_batch)
+        return [candidates[0].text for candidates in outputs]
+
+    with distributed.main_process_alone(), stages.open("premises", spec, code=("framework.premises", __name__)) as stage:
+        if not stage.done:
+            values = premises.measure(ctx.artifacts, ctx.control_data or ctx.data, ctx.data.checker, greedy)
+            (stage.new_output_dir() / "premises.json").write_text(json.dumps(values, sort_keys=True))
+            stage.commit({})
+        return json.loads((stage.output / "premises.json").read_text())
+
+
+def _evaluate_control(settings, control, start, data, decoder, stages, runtime, output_dir: Path,
+                      shared: dict) -> dict:
+    """Evaluate a method's control with the job's decoder; its own record and generations go into
+    <job dir>/control/ (the report reads it as the row `<method> control`). Returns a summary for the
+    method's results.json."""
+    from framework import evaluation
+
+    metrics, records, reused = _evaluate(settings, control, data, decoder, stages, runtime)
+    directory = output_dir / "control"
+    directory.mkdir(parents=True, exist_ok=True)
+    evaluation.write_jsonl(directory / "generations.jsonl", records)
+    # what the control rests on: the stages up to the model it started from (noted before anything that
+    # depends on it), then its own; not the method's data stages
+    ledger = stages.compute_ledger()
+    start_at = next((i for i, entry in enumerate(ledger) if entry["key"] == start.fingerprint.get("key")), -1)
+    upstream = [*ledger[:start_at + 1], *(entry for entry in ledger if entry["kind"] == "control")]
+    record = {**shared, "control_of": settings.algorithm.name, "metrics": metrics, "policy": control.fingerprint,
+              "evaluation_reused": reused, "compute": _compute_spent(upstream)}
+    (directory / "results.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    return {"policy": control.fingerprint, "metrics": metrics, "dir": str(directory)}
+
+
 def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: list[str] | None = None) -> dict:
     """One job. Returns the results record (also written to `output_dir/results.json`)."""
     from transformers import set_seed
 
     from framework import evaluation
     from framework.algorithms import AlgorithmContext
-    from framework.algorithms.starting import starting_context
+    from framework.algorithms.starting import starting_context, train_control
     from framework.models import resolve_runtime
     from framework.stages import StageStore
 
@@ -206,7 +255,11 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
                                    seed=settings.seed, report_to=tracker.report_to, output_dir=output_dir,
                                    log=tracker.log, model_config=settings.model, engine=settings.engine)
         trained_at = time.time()
-        policy = algorithm(starting_context(context, algorithm))
+        method_context = starting_context(context, algorithm)
+        policy = algorithm(method_context)
+        control = None  # the method's control (evaluation.control_decoders), evaluated beside it
+        if settings.decoder.name in settings.evaluation.control_decoders:
+            control = train_control(method_context)
         train_seconds = time.time() - trained_at
         if not distributed.is_main_process():  # the main process decodes and scores alone; wait for its results
             results, failed = distributed.wait_for_main("decoding and scoring the test split"), False
@@ -214,6 +267,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         main_evaluates = True
 
         metrics, records, evaluation_reused = _evaluate(settings, policy, data, decoder, stages, runtime)
+        premises = _measure_premises(settings, method_context, stages, runtime, policy)
         compute = _compute_spent(stages.compute_ledger())
         evaluation.write_jsonl(output_dir / "generations.jsonl", records)
         results = {
@@ -227,6 +281,14 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
             "policy": policy.fingerprint, "overrides": overrides or [], "versions": _versions(),
             "hardware": _hardware(runtime), "wandb_run": tracker.run_path,
         }
+        if premises:
+            results["premises"] = premises
+            tracker.summary({f"premises/{key}": value for key, value in premises.items()})
+        if control is not None:
+            results["control"] = _evaluate_control(settings, *control, data, decoder, stages, runtime, output_dir,
+                                                   {key: value for key, value in results.items()
+                                                    if key not in ("metrics", "policy", "compute")})
+            tracker.summary({f"control_eval/{key}": value for key, value in results["control"]["metrics"].items()})
         (output_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
         tracker.log(metrics, prefix="eval/")
         tracker.summary({f"eval/{key}": value for key, value in metrics.items()})

@@ -170,10 +170,15 @@ class DecoderConfig(Validated):
     name: str = MISSING  # registry key of the decoder
     max_new_tokens: int = 512  # generated tokens per response, at most; the YAMLs follow ${dataset.max_new_tokens}
     prompts_per_batch: int = 64  # prompts per `generate` call (each brings its samples or beams)
+    # the first max_problems problems of the test split (null: all); an expensive decoder can score fewer
+    # problems than greedy and beam search in the same sweep (the report pairs comparisons on common problems)
+    max_problems: int | None = None
 
     def checks(self, prefix: str) -> None:
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
         require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
+        require(self.max_problems is None or self.max_problems >= 1, f"{prefix}.max_problems",
+                "must be >= 1, or null for the whole test split", self.max_problems)
 
 
 @dataclass
@@ -303,6 +308,13 @@ class EvaluationConfig(Validated):
 
     diagnostics: bool = True  # over-optimism: gold-demonstration log-probs (one forward pass per test problem)
     sequences_per_forward: int = 32  # batch of the gold-demonstration scoring pass
+    # Decoders (names) under which a job of a method that trains after SFT also trains the method's control
+    # (SFT on the gold demonstrations from the same model, with the method's steps, learning rate and schedule;
+    # framework/algorithms/starting.py) and evaluates it beside the method, into <job dir>/control/.
+    control_decoders: list[str] = field(default_factory=list)
+    # whether the method's training data meets its premises (framework/premises.py), scored with the gold
+    # answers after training: one greedy pass over the sharpening methods' sampled prompts, cached
+    premises: bool = True
 
     def checks(self, prefix: str) -> None:
         require(self.sequences_per_forward >= 1, f"{prefix}.sequences_per_forward", "must be >= 1",

@@ -104,16 +104,16 @@ def plain_weights(model):
 @dataclass
 class TinyModelConfig(ModelConfig):
     name: str = "tiny"
-    hidden_size: int = 192
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    max_positions: int = 256  # tokens; arith problems are ~30-70 tokens
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4  # head size 32: vLLM's CPU attention refuses 16
+    intermediate_size: int = 256
+    max_positions: int = 256  # tokens; arith problems are ~30-80 tokens
     init_seed: int = 0  # weight initialisation and pretraining order (independent of the run seed)
-    pretrain_steps: int = 150  # causal-LM steps on arith text before any method runs; 0 = random init
-    pretrain_examples: int = 4000  # distinct arith problems in the pretraining corpus
+    pretrain_steps: int = 1500  # causal-LM steps on arith text before any method runs; 0 = random init
+    pretrain_examples: int = 20000  # distinct arith problems in the pretraining corpus
     pretrain_batch_size: int = 32
-    pretrain_learning_rate: float = 1e-3
+    pretrain_learning_rate: float = 3e-3
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)

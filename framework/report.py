@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from framework import fidelity
 from framework.evaluation import Z_95, mean_interval, pass_at_k, wilson_interval
 
 COLUMNS = ("algorithm", "decoder", "seed", "accuracy", "95% CI", "flexible", "pass@k", "lift vs greedy %",
@@ -63,6 +64,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         record["job_dir"] = str(job_dir)
         results.append(record)
     label_methods(results)
+    for record in results:
+        if record.get("control_of"):
+            record["algorithm"] = control_label(record["algorithm"])
     results.sort(key=lambda r: (r["algorithm"], r["decoder_label"], r["seed"]))
     return results, missing
 
@@ -328,6 +332,7 @@ class Cell:
     pass_n: tuple[int, float] | None = None
     compute: dict = field(default_factory=dict)
     comparison: Comparison | None = None
+    control_comparison: Comparison | None = None  # against the method's control (same decoder), when run
 
     @property
     def key(self) -> tuple:
@@ -345,7 +350,7 @@ class Cell:
 
 
 def _method_rank(label: str) -> tuple:
-    name = label.split("(", 1)[0]  # `xpo(alpha=[0.01])` ranks as xpo
+    name = label.split("(", 1)[0].removesuffix(" control")  # `xpo(alpha=[0.01])` and `xpo control` rank as xpo
     return (METHOD_ORDER.index(name), label) if name in METHOD_ORDER else (len(METHOD_ORDER), label)
 
 
@@ -435,13 +440,19 @@ def aggregate(results: list[dict], baseline: str = BASELINE, resamples: int = BO
 
 def _lift_over_greedy(cell: Cell, greedy: Cell | None) -> float | None:
     """% lift of the cell's accuracy over the same method's greedy accuracy (greedy, else beam width 1) on
-    the seeds both have; without either, over the greedy reference a best-of-N job decodes itself."""
+    the seeds and problems both have; without either, over the greedy reference a best-of-N job decodes itself."""
     if greedy is cell:
         return None
     if greedy is not None:
         seeds = sorted(set(cell.seeds) & set(greedy.seeds))
-        accuracy = _mean(run["metrics"]["accuracy"] for run in cell.runs if run["seed"] in seeds)
-        reference = _mean(run["metrics"]["accuracy"] for run in greedy.runs if run["seed"] in seeds)
+        ours, theirs = cell.scores_by_seed(seeds), greedy.scores_by_seed(seeds)
+        if seeds and ours and theirs:  # on the problems both scored (decoder.max_problems may differ)
+            problems = sorted(set.intersection(*(set(s) for s in [*ours.values(), *theirs.values()])))
+            accuracy = _mean(ours[s][i] for s in seeds for i in problems)
+            reference = _mean(theirs[s][i] for s in seeds for i in problems)
+        else:
+            accuracy = _mean(run["metrics"]["accuracy"] for run in cell.runs if run["seed"] in seeds)
+            reference = _mean(run["metrics"]["accuracy"] for run in greedy.runs if run["seed"] in seeds)
     else:
         accuracy = cell.accuracy
         reference = _mean(run["metrics"].get("greedy_accuracy") for run in cell.runs)
@@ -450,35 +461,52 @@ def _lift_over_greedy(cell: Cell, greedy: Cell | None) -> float | None:
     return 100.0 * (accuracy - reference) / reference
 
 
+def control_label(method_label: str) -> str:
+    """The report's row of a method's control (the job's control/ record, evaluation.control_decoders)."""
+    return f"{method_label} control"
+
+
+def _paired_comparison(cell: Cell, reference: Cell | None, resamples: int) -> Comparison | None:
+    """`cell` against `reference` on the seeds and problems both have, seeds averaged per problem."""
+    if reference is None:
+        return None
+    seeds = sorted(set(cell.seeds) & set(reference.seeds))
+    ours, theirs = cell.scores_by_seed(seeds), reference.scores_by_seed(seeds)
+    if not seeds or ours is None or theirs is None:
+        return None
+    problems = sorted(set.intersection(*(set(s) for s in [*ours.values(), *theirs.values()])))
+    if not problems:
+        return None
+    method = [sum(ours[s][i] for s in seeds) / len(seeds) for i in problems]
+    base = [sum(theirs[s][i] for s in seeds) / len(seeds) for i in problems]
+    difference, low, high, p_value = paired_bootstrap(method, base, resamples)
+    return Comparison(difference, low, high, p_value, seeds, len(problems))
+
+
 def _compare_with_baseline(cells: list[Cell], by_key: dict, baseline: str, resamples: int) -> None:
+    """Each method against `baseline` with the same decoder and, where the sweep has it, against its control;
+    Holm's correction runs over every comparison of the report together."""
     compared = []
     for cell in cells:
-        reference = by_key.get((cell.dataset, cell.model, baseline, cell.decoder_label))
-        if cell.algorithm == baseline or reference is None:
-            continue
-        seeds = sorted(set(cell.seeds) & set(reference.seeds))
-        ours, theirs = cell.scores_by_seed(seeds), reference.scores_by_seed(seeds)
-        if not seeds or ours is None or theirs is None:
-            continue
-        problems = sorted(set.intersection(*(set(s) for s in [*ours.values(), *theirs.values()])))
-        if not problems:
-            continue
-        method = [sum(ours[s][i] for s in seeds) / len(seeds) for i in problems]
-        base = [sum(theirs[s][i] for s in seeds) / len(seeds) for i in problems]
-        difference, low, high, p_value = paired_bootstrap(method, base, resamples)
-        cell.comparison = Comparison(difference, low, high, p_value, seeds, len(problems))
-        compared.append(cell.comparison)
+        if cell.algorithm != baseline:
+            cell.comparison = _paired_comparison(
+                cell, by_key.get((cell.dataset, cell.model, baseline, cell.decoder_label)), resamples)
+        cell.control_comparison = _paired_comparison(
+            cell, by_key.get((cell.dataset, cell.model, control_label(cell.algorithm), cell.decoder_label)), resamples)
+        compared += [c for c in (cell.comparison, cell.control_comparison) if c is not None]
     for comparison, adjusted in zip(compared, holm([c.p_value for c in compared])):
         comparison.p_holm = adjusted
 
 
 # ---------------------------------------------------------------------------- report tables
 REPORT_COLUMNS = ("method", "decoder", "seeds", "accuracy % [95% CI]", "lift vs greedy %", "pass@N %",
-                  f"Δ vs {BASELINE}, points [95% CI]", "p (Holm)", "train tokens", "sampled tokens",
+                  f"Δ vs {BASELINE}, points [95% CI]", "p (Holm)", "Δ vs control, points [95% CI]", "p (Holm) ",
+                  "train tokens", "sampled tokens",
                   "eval tokens", "train s", "decode s")
 CSV_COLUMNS = ("dataset", "model", "method", "decoder", "seeds", "num_problems", "accuracy", "ci_low", "ci_high",
                "interval", "lift_over_greedy_pct", "pass_n", "pass_at_n", "delta_vs_baseline", "delta_ci_low",
-               "delta_ci_high", "p_value", "p_holm", "significant", "train_tokens", "sampling_generated_tokens",
+               "delta_ci_high", "p_value", "p_holm", "significant", "delta_vs_control", "control_ci_low",
+               "control_ci_high", "control_p_value", "control_p_holm", "control_significant", "train_tokens", "sampling_generated_tokens",
                "eval_generated_tokens", "train_seconds", "decode_seconds", "wall_seconds")
 
 
@@ -494,18 +522,22 @@ def _p(value: float | None) -> str:
     return "—" if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
 
 
+def _delta(comparison: Comparison | None) -> list[str]:
+    """The Δ cell and the p cell of a comparison."""
+    if comparison is None:
+        return ["—", "—"]
+    return [f"{100 * comparison.difference:+.1f} [{100 * comparison.low:+.1f}, {100 * comparison.high:+.1f}]"
+            + (" *" if comparison.significant else ""), f"{_p(comparison.p_value)} ({_p(comparison.p_holm)})"]
+
+
 def report_rows(cells: list[Cell]) -> list[list[str]]:
     rows = []
     for cell in cells:
-        comparison = cell.comparison
-        delta = "—" if comparison is None else (
-            f"{100 * comparison.difference:+.1f} [{100 * comparison.low:+.1f}, {100 * comparison.high:+.1f}]"
-            + (" *" if comparison.significant else ""))
         rows.append([
             cell.algorithm, cell.decoder_label, str(len(cell.runs)),
             f"{100 * cell.accuracy:.1f} [{_percent(cell.ci_low)}, {_percent(cell.ci_high)}]",
             _signed(cell.lift), "—" if cell.pass_n is None else f"{100 * cell.pass_n[1]:.1f} (N={cell.pass_n[0]})",
-            delta, "—" if comparison is None else f"{_p(comparison.p_value)} ({_p(comparison.p_holm)})",
+            *_delta(cell.comparison), *_delta(cell.control_comparison),
             _count(cell.compute.get("train_tokens")), _count(cell.compute.get("sampling_generated_tokens")),
             _count(cell.compute.get("eval_generated_tokens")), _count(cell.compute.get("train_seconds")),
             "—" if cell.compute.get("decode_seconds") is None else f"{cell.compute['decode_seconds']:.1f}",
@@ -518,12 +550,12 @@ def report_csv(cells: list[Cell]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for cell in cells:
-        c = cell.comparison
         writer.writerow([
             cell.dataset, cell.model, cell.algorithm, cell.decoder_label, " ".join(map(str, cell.seeds)),
             cell.num_problems, cell.accuracy, cell.ci_low, cell.ci_high, cell.interval, cell.lift,
             *(cell.pass_n if cell.pass_n else ("", "")),
-            *((c.difference, c.low, c.high, c.p_value, c.p_holm, c.significant) if c else ("",) * 6),
+            *(value for c in (cell.comparison, cell.control_comparison)
+              for value in ((c.difference, c.low, c.high, c.p_value, c.p_holm, c.significant) if c else ("",) * 6)),
             *(cell.compute.get(key) for key in ("train_tokens", "sampling_generated_tokens", "eval_generated_tokens",
                                                   "train_seconds", "decode_seconds", "wall_seconds")),
         ])
@@ -532,6 +564,28 @@ def report_csv(cells: list[Cell]) -> str:
 
 def _markdown_table(header, rows) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+Z_POWER_80 = 0.8416  # the standard normal's 80% quantile
+
+
+def minimum_detectable_difference(comparison: Comparison) -> float:
+    """The difference a paired comparison with this one's standard error detects with 80% power at a
+    two-sided 5% level (unadjusted): (z_0.975 + z_0.8) x SE, the SE read off its 95% bootstrap interval."""
+    return (Z_95 + Z_POWER_80) * (comparison.high - comparison.low) / (2 * Z_95)
+
+
+def _minimum_detectable_lines(cells: list[Cell]) -> list[str]:
+    by_decoder: dict[str, list[float]] = {}
+    for cell in cells:
+        if cell.comparison is not None:
+            by_decoder.setdefault(cell.decoder_label, []).append(minimum_detectable_difference(cell.comparison))
+    if not by_decoder:
+        return []
+    parts = [f"{label} {100 * sorted(v)[len(v) // 2]:.1f} points ({len(v)} comparisons, "
+             f"{100 * min(v):.1f}-{100 * max(v):.1f})" for label, v in by_decoder.items()]
+    return ["Minimum detectable difference vs the baseline (80% power, two-sided 5%, unadjusted; median over "
+            "methods, from each paired interval's standard error): " + "; ".join(parts) + ".", ""]
 
 
 def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: list[str],
@@ -551,6 +605,17 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         lines += [f"## `{dataset}` with model `{model}`", "",
                   f"{'/'.join(map(str, problems))} test problems, seeds {', '.join(map(str, seeds))}.", ""]
         lines += _markdown_table(header, report_rows(group)) + [""]
+        lines += _minimum_detectable_lines(group)
+        if premises := fidelity.premises_lines(group):
+            lines += ["### Premises: is the starting model in the regime the papers assume?", "", *premises, "",
+                      "Measured from the jobs' generations and the `premises` records the launcher writes after a "
+                      "method trains (framework/premises.py; gold answers are used there and here only).", ""]
+        if claims := fidelity.fidelity_lines(group, lambda a, b: _paired_comparison(a, b, resamples),
+                                             lambda a, b: paired_bootstrap(a, b, resamples)):
+            lines += ["### Fidelity: do the seed papers' claims hold here?", "", *claims, "",
+                      "Verdict from the paired 95% interval (bootstrap over problems, seeds averaged, not "
+                      "adjusted for multiplicity): held when it lies on the claimed side of 0, not held when on the "
+                      "other side, not resolved when it contains 0.", ""]
     notes = [
         "Accuracy: mean over seeds and problems of each problem's share of correct chosen outputs (one "
         "output for greedy, beam and best-of-N; every sample for `sample`). 95% CI over both problems and "
@@ -561,8 +626,13 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         f"Δ vs {baseline}: accuracy difference in points to `{baseline}` with the same decoder, on the seeds and "
         f"problems both have, seeds averaged per problem; 95% paired bootstrap interval over problems "
         f"({resamples:,} resamples, seed {BOOTSTRAP_SEED}); p: two-sided bootstrap p-value for no difference, "
-        f"in brackets Holm-adjusted over all {sum(c.comparison is not None for c in cells)} comparisons; "
-        f"* marks Holm-adjusted p < {SIGNIFICANCE_LEVEL}.",
+        f"in brackets Holm-adjusted over all "
+        f"{sum((c.comparison is not None) + (c.control_comparison is not None) for c in cells)} comparisons "
+        f"(both Δ columns); * marks Holm-adjusted p < {SIGNIFICANCE_LEVEL}.",
+        "`<method> control`: SFT on the gold demonstrations from the model the method's last training stage "
+        "started from, with the method's optimizer steps, batch, learning rate and schedule "
+        "(evaluation.control_decoders). Δ vs control: the method against its own control, computed like Δ vs "
+        f"{baseline}; it separates what the method's data does from what more optimizer steps do.",
         "Compute, mean per job: train tokens and sampled tokens are summed over every training stage the "
         "model depends on (cached stages included) when results.json records them; eval tokens are the "
         "tokens generated on the test set; train s falls back to the job's own training time.",
@@ -847,6 +917,9 @@ def collect_wandb(group: str, project: str, entity: str | None = None, api=None)
     if not results and not missing:
         raise ReportError(f"no runs in W&B group {group!r} of project {path!r}")
     label_methods(results)
+    for record in results:
+        if record.get("control_of"):
+            record["algorithm"] = control_label(record["algorithm"])
     results.sort(key=lambda r: (r["algorithm"], r["decoder_label"], r["seed"]))
     return results, missing
 

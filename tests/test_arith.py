@@ -50,7 +50,7 @@ def test_impossible_sizes_fail_clearly():
     from framework.errors import ConfigError
 
     config = ArithDatasetConfig(min_steps=1, max_steps=1, start_max=1, operand_max=1, operations=["add"],
-                                train_size=280, test_size=20)  # only 12 names x 8 items x 3 verbs = 288 exist
+                                distractors_max=0, train_size=280, test_size=20)  # 12 names x 8 items x 3 verbs = 288
     with pytest.raises(ConfigError, match="could only generate"):
         load_arith(config)
 
@@ -73,3 +73,24 @@ def test_tokenizer_round_trips_generated_text_without_unknowns():
     # a prompt tokenised alone is a prefix of prompt + completion (TRL's completion mask relies on it)
     prompt, completion = "Ann has 3 pens.\n", "3 + 4 = 7\n#### 7"
     assert tokenizer(prompt + completion)["input_ids"][: len(tokenizer(prompt)["input_ids"])] == tokenizer(prompt)["input_ids"]
+
+
+def test_a_distractor_is_about_somebody_else_and_left_out_of_the_solution():
+    import random
+
+    from framework.data import arith
+
+    spec = arith.ArithSpec(2, 3, 20, 10, 50, 3, ("add", "sub"), distractors_max=1)
+    rng = random.Random(0)
+    seen = 0
+    for _ in range(200):
+        row = arith.generate_problem(spec, rng)
+        name = row["question"].split()[0]
+        sentences = row["question"].split(". ")
+        others = [s for s in sentences[1:] if not s.startswith(name) and not s.startswith("How")]
+        seen += len(others)
+        assert len(others) <= 1
+        # the solution has one line per change of `name`, plus the answer line
+        changes = [s for s in sentences[1:] if s.startswith(name)]
+        assert len(row["answer"].splitlines()) == len(changes) + 1
+    assert 50 < seen < 150  # drawn from [0, 1] per problem

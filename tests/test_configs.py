@@ -60,13 +60,15 @@ def test_the_embedded_values_reach_the_tiny_model_only(compose_cfg):
 def test_headline_changes_only_what_it_says_on_top_of_the_embedded_preset(compose_cfg):
     plain = OmegaConf.to_container(compose_cfg(["algorithm=dpo", "decoder=bon"]), resolve=True)
     headline = OmegaConf.to_container(compose_cfg(["experiment=headline", "algorithm=dpo", "decoder=bon"]), resolve=True)
-    assert headline["dataset"] == {**plain["dataset"], "test_size": 100}
-    assert headline["model"] == {**plain["model"], "pretrain_steps": 300}
-    assert headline["decoder"] == {**plain["decoder"], "samples_per_prompt": 4, "prompts_per_batch": 32,
+    assert headline["dataset"] == {**plain["dataset"], "test_size": 500}
+    assert headline["model"] == plain["model"]
+    assert headline["evaluation"] == {**plain["evaluation"], "control_decoders": ["greedy"]}
+    assert headline["decoder"] == {**plain["decoder"], "samples_per_prompt": 16, "max_problems": 100,
                                    "greedy_reference": False}
     assert compose_cfg(["experiment=headline", "decoder=beam"]).decoder.num_beams == 4
-    assert headline["algorithm"]["samples_per_prompt"] == 4 == headline["decoder"]["samples_per_prompt"]
-    assert headline["algorithm"]["sft"]["max_steps"] == 200 != plain["algorithm"]["sft"]["max_steps"]
+    assert headline["algorithm"]["samples_per_prompt"] == 16 == headline["decoder"]["samples_per_prompt"]
+    assert headline["algorithm"]["train_prompts"] == 128 != plain["algorithm"]["train_prompts"]
+    assert headline["algorithm"]["sft"] == {**plain["algorithm"]["sft"], "save_steps": 100}
     assert {k: v for k, v in headline["algorithm"].items() if k not in ("sft", "samples_per_prompt", "train_prompts")} \
         == {k: v for k, v in plain["algorithm"].items() if k not in ("sft", "samples_per_prompt", "train_prompts")}
 

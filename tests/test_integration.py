@@ -215,3 +215,52 @@ def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg, experimen
     soc = to_validated(compose_cfg([f"experiment={experiment}", "algorithm=soc"])).algorithm
     for field in fields(TrainingConfig):
         assert getattr(soc, field.name) == getattr(sft_job, field.name), field.name
+
+
+def test_a_methods_control_is_sft_on_demonstrations_from_its_start_with_its_steps(compose_cfg, tmp_path):
+    """evaluation.control_decoders=[greedy]: after DPO (from the SFT model) the job also fine-tunes the SFT
+    model on the gold demonstrations for as many optimizer steps, with DPO's learning rate and schedule, and
+    evaluates it into control/; the report puts it in the row `dpo control` and compares DPO with it."""
+    from framework import report
+
+    cache = tmp_path / "cache"
+    overrides = [*_overrides("dpo"), "algorithm.starting_point=sft", "algorithm.sft.max_steps=2",
+                 "algorithm.sft.per_device_train_batch_size=8"]
+    method = run(compose_cfg(overrides, cache), tmp_path / "sweep" / "0")
+    assert "control" not in method  # not asked for
+    both = run(compose_cfg([*overrides, "evaluation.control_decoders=[greedy]"], cache), tmp_path / "sweep" / "1")
+    assert both["policy"] == method["policy"]  # the method's own model and evaluation are unchanged
+    assert len(list((cache / "dpo").glob("*/stage.json"))) == 1  # DPO was reused, not retrained
+    trained = json.loads(next((cache / "dpo").glob("*/stage.json")).read_text())
+    control = json.loads((tmp_path / "sweep" / "1" / "control" / "results.json").read_text())
+    assert control["control_of"] == "dpo" and control["policy"] == both["control"]["policy"]
+    record = json.loads((cache / "control" / control["policy"]["key"] / "stage.json").read_text())
+    assert record["global_step"] == trained["global_step"] == 2
+    assert record["spec"]["training"]["learning_rate"] == both["algorithm_config"]["learning_rate"]
+    assert record["spec"]["training"]["lr_scheduler_type"] == both["algorithm_config"]["lr_scheduler_type"]
+    assert record["spec"]["start"] == trained["spec"]["base"]  # from the SFT model DPO trained from
+    assert record["spec"]["start"]["stage"] == "sft"
+
+    results, missing = report.collect(tmp_path / "sweep")
+    assert sorted(r["algorithm"] for r in results) == ["dpo", "dpo", "dpo control"] and not missing
+    cells = report.aggregate([r for r in results if r["job_dir"].endswith(("1", "control"))], resamples=200)
+    by_method = {cell.algorithm: cell for cell in cells}
+    assert by_method["dpo"].control_comparison is not None and by_method["dpo control"].control_comparison is None
+
+
+def test_a_method_trained_from_the_base_model_has_no_control_beyond_sft(compose_cfg, tmp_path):
+    """SOC trains from the model as built, as SFT does: SFT is its control, and no control/ is written."""
+    result = run(compose_cfg([*_overrides("soc"), "evaluation.control_decoders=[greedy]"], tmp_path / "cache"),
+                 tmp_path / "job")
+    assert "control" not in result and not (tmp_path / "job" / "control").exists()
+
+
+def test_decoder_max_problems_scores_the_first_problems_of_the_test_split(compose_cfg, tmp_path):
+    """decoder.max_problems=4 of FAST's 6 test problems: the job scores problems 0-3, the same prompts the
+    whole-split job scores first."""
+    cache = tmp_path / "cache"
+    whole = run(compose_cfg(["algorithm=none", *FAST], cache), tmp_path / "whole")
+    first = run(compose_cfg(["algorithm=none", *FAST, "decoder.max_problems=4"], cache), tmp_path / "first")
+    assert (whole["metrics"]["num_problems"], first["metrics"]["num_problems"]) == (6, 4)
+    rows = lambda job: [json.loads(line) for line in (tmp_path / job / "generations.jsonl").open()]
+    assert [r["question"] for r in rows("first")] == [r["question"] for r in rows("whole")][:4]

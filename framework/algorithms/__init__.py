@@ -33,6 +33,9 @@ class AlgorithmContext:
     model_config: ModelConfig = field(default_factory=ModelConfig)  # model-wide options: LoRA, checkpointing, attention
     initial: ModelHandle | None = None  # the model as `model=` builds it, when `base` is a warm start on top of it
     engine: Any = None  # the run's generation engine config (engine=); None: transformers with its defaults
+    control_data: TaskData | None = None  # label-free methods: the labelled data, for their control's SFT only
+    trained: list = field(default_factory=list)  # every training stage this job ran or reused, in order (train_in_stage)
+    artifacts: dict = field(default_factory=dict)  # the training data a method built, for framework/premises.py
 
     @property
     def built(self) -> ModelHandle:

@@ -58,6 +58,7 @@ def best_of_n_targets(ctx: AlgorithmContext, config: BoNSFTConfig) -> Dataset:
         raise ConfigError("algorithm=bon_sft: no training prompt has a finished sample; raise "
                           "algorithm.max_new_tokens or set algorithm.require_finished=false")
     ctx.log({"bon_sft/targets": len(rows)})
+    ctx.artifacts["targets"] = rows
     log.info("BoN-SFT on %d best-of-%d targets", len(rows), config.samples_per_prompt)
     return Dataset.from_list(rows)
 

@@ -146,6 +146,7 @@ def preference_pairs(ctx: AlgorithmContext, config: DPOAlgorithmConfig) -> Datas
         raise ConfigError("algorithm=dpo: no training prompt gave a pair with distinct self-rewards; raise "
                           "algorithm.samples_per_prompt or algorithm.temperature")
     ctx.log({"dpo/pairs": len(rows)})
+    ctx.artifacts["pairs"] = rows
     log.info("DPO on %d self-ranked pairs (%s, selector %s)", len(rows), config.pair_strategy, config.selector)
     return Dataset.from_list(rows)
 

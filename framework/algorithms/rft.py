@@ -73,7 +73,7 @@ def rft_model(ctx: AlgorithmContext, questions: list[SampledQuestion], rationale
     return train_in_stage(ctx, "rft", spec,
                           lambda checkpoint_dir: make_sft_trainer(ctx, training, checkpoint_dir, train=train,
                                                                   start=start),
-                          code=__name__, start=start, metadata={"kept_set": summary})
+                          code=__name__, start=start, metadata={"kept_set": summary}, training=training)
 
 
 # ---------------------------------------------------------------------------- algorithm=rft

@@ -489,6 +489,7 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     targets_key = ({"outcome_pairs": outcome_key} if config.explored_rationales == "outcome_pairs"
                    else {"rationales": rationales_key, "explored": "all_incorrect"})
     records, exploration_key = explore(ctx, config, questions, targets_key, targets, without_steps, explorer)
+    ctx.artifacts["exploration"] = (records, lambda text: split_steps(config.step_splitter, text))
 
     keys = config.kept_keys(ctx.data.checker)
     # all_incorrect: a pit at step 1 takes the question's kept correct rationales in turn

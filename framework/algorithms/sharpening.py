@@ -152,6 +152,7 @@ def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig)
         with (stage.output / SAMPLES_FILE).open(encoding="utf-8") as handle:
             sampled = [SampledPrompt.from_record(json.loads(line)) for line in handle]
     ctx.log({f"samples/{key}": value for key, value in sampled_set_summary(sampled).items()})
+    ctx.artifacts["sampled_set"] = (sampled, ctx.base)  # scored against gold by the launcher (premises.py)
     return sampled
 
 

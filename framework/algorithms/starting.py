@@ -5,10 +5,16 @@ all include the SFT warm start: only the launcher imports this.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import logging
+from dataclasses import asdict, fields, replace
 from typing import Callable
 
 from framework.algorithms import AlgorithmContext
+from framework.config import TrainingConfig
+from framework.errors import ConfigError
+from framework.models import ModelHandle
+
+log = logging.getLogger(__name__)
 
 
 def starting_context(ctx: AlgorithmContext, algorithm: Callable) -> AlgorithmContext:
@@ -23,5 +29,37 @@ def starting_context(ctx: AlgorithmContext, algorithm: Callable) -> AlgorithmCon
 
         ctx = replace(ctx, base=default_sft_model(ctx), initial=ctx.built)
     if getattr(algorithm, "label_free", False):
-        ctx = replace(ctx, data=ctx.data.without_labels())
+        # the method sees prompts only; its control (train_control) trains on the gold demonstrations
+        ctx = replace(ctx, data=ctx.data.without_labels(), control_data=ctx.data)
     return ctx
+
+
+def train_control(ctx: AlgorithmContext) -> tuple[ModelHandle, ModelHandle] | None:
+    """The control of the method that just ran in `ctx` (evaluation.control_decoders): SFT on the gold
+    demonstrations from the model the method's last training stage started from, for as many optimizer steps,
+    with its batch (sequences here, where XPO counts prompts), learning rate, schedule, warmup, weight decay
+    and clipping (stage `control`). It separates what the method's data does from what more optimizer steps
+    on the same model do. Returns (control model, the model it started from); None when the method trained
+    nothing of its own, or trained from the model as built (SOC, RFT): SFT itself is then the control."""
+    from framework.algorithms.sft import SFTAlgorithmConfig, make_sft_trainer
+    from framework.algorithms.training import train_in_stage
+
+    own = [stage for stage in ctx.trained if stage["kind"] == ctx.config.name]
+    if not own:  # algorithm=none, sft, or on_empty=skip_training
+        return None
+    start, steps, training = own[-1]["start"], own[-1]["steps"], own[-1]["training"]
+    if start.fingerprint == ctx.built.fingerprint:
+        return None
+    data = ctx.control_data or ctx.data
+    if "completion" not in data.train.column_names:
+        raise ConfigError("evaluation.control_decoders: a control trains on the gold demonstrations, and the "
+                          "training split has none")
+    keys = {item.name: getattr(training, item.name) for item in fields(TrainingConfig)}
+    config = SFTAlgorithmConfig(**{**keys, "max_steps": max(int(steps), 1), "trainer": {}})
+    log.info("control of %s: SFT on the demonstrations for %d steps from %s", ctx.config.name, steps, start.path)
+    spec = {"start": start.fingerprint, "data": data.fingerprint, "training": asdict(config), "seed": ctx.seed}
+    control_ctx = replace(ctx, config=config, data=data, trained=[])
+    trained = train_in_stage(control_ctx, "control", spec,
+                             lambda checkpoint_dir: make_sft_trainer(control_ctx, config, checkpoint_dir, start=start),
+                             code=__name__, start=start)
+    return trained, start

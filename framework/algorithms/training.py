@@ -100,13 +100,14 @@ def reference_model(ctx: AlgorithmContext, start: ModelHandle, precompute: bool 
 
 def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: Callable[[str], object], *,
                    code: str | tuple[str, ...], start: ModelHandle | None = None,
-                   metadata: dict | None = None) -> ModelHandle:
+                   metadata: dict | None = None, training: TrainingConfig | None = None) -> ModelHandle:
     """Run `make_trainer(checkpoint_dir).train()` once per spec, resuming, and store the trained model.
 
     `start` is the model the trainer starts from (default `ctx.base`); an adapter-only LoRA stage is
     loaded on top of it later. `code`: the module(s) whose code computes the model (the method's module;
-    framework/stages.py fingerprints their import closure into the key). `metadata` (what the training data kept and dropped, say) goes into the
-    stage's record beside the trainer's own."""
+    framework/stages.py fingerprints their import closure into the key). `metadata` (what the training data
+    kept and dropped, say) goes into the stage's record beside the trainer's own. `training`: the keys this
+    stage trains with (default `ctx.config`), which the method's control (`train_control`) copies."""
     start = start or ctx.base
     if (lora := ctx.model_config.lora.spec()) is not None:
         spec = {**spec, "lora": lora}  # absent when off, so full fine-tuning keys do not change
@@ -126,8 +127,12 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
             stage.commit({**(metadata or {}), "global_step": result.global_step, "train_metrics": result.metrics,
                           "compute": {"train_tokens": tokens, "train_seconds": result.metrics.get("train_runtime")}})
     adapter_only = lora is not None and ctx.model_config.lora.checkpoint == "adapter"
-    return ModelHandle(str(stage.output), {"stage": kind, "key": stage.key}, ctx.model_config.load_options(),
-                       adapter_base=start if adapter_only else None)
+    trained = ModelHandle(str(stage.output), {"stage": kind, "key": stage.key}, ctx.model_config.load_options(),
+                          adapter_base=start if adapter_only else None)
+    # what the method's control copies (starting.train_control): the stage's start, steps and keys
+    ctx.trained.append({"kind": kind, "start": start, "steps": stage.metadata()["global_step"],
+                        "training": training or ctx.config})
+    return trained
 
 
 def save_trained_model(trainer, output: Path, lora_checkpoint: str) -> None:

@@ -25,12 +25,16 @@ CHANGES = {
 SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
 OPENING = "{name} has {amount} {item}."
 QUESTION = "How many {item} does {name} have now?"
+# A distractor is a change that happens to somebody else: the solution must leave it out. It is where a
+# model that tracks the wrong person, or copies every number it reads, goes wrong.
+DISTRACTORS = ("{other} buys {amount} {item}.", "{other} loses {amount} {item}.", "{other} has {amount} {item}.")
 
 # Bump when the generator changes what a config produces: cached stages keyed on the data go stale.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: distractor sentences
 
-# Largest number the task may produce; the embedded tokenizer has one token per number up to this.
-NUMBER_TOKEN_MAX = 999
+# Largest number the task may produce; the embedded tokenizer has one token per number up to this. 199 (was 999
+# before generator version 2): a vocabulary of 514 instead of 2,114 makes each tiny-model step ~35% cheaper.
+NUMBER_TOKEN_MAX = 199
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class ArithSpec:
     value_max: int
     multiplier_max: int
     operations: tuple[str, ...]
+    distractors_max: int = 0  # sentences about another person, drawn uniformly from [0, distractors_max]
 
 
 def _apply(operation: str, value: int, amount: int) -> int:
@@ -74,6 +79,11 @@ def generate_problem(spec: ArithSpec, rng: random.Random) -> dict:
         sentences.append(rng.choice(CHANGES[operation]).format(name=name, amount=amount))
         lines.append(f"{value} {SYMBOL[operation]} {amount} = {new_value}")
         value = new_value
+    if spec.distractors_max:  # drawn after the changes, so that distractors_max=0 leaves version-1 problems as they were
+        other = rng.choice([n for n in NAMES if n != name])
+        for _ in range(rng.randint(0, spec.distractors_max)):
+            sentence = rng.choice(DISTRACTORS).format(other=other, amount=rng.randint(1, spec.operand_max), item=item)
+            sentences.insert(rng.randint(1, len(sentences)), sentence)  # anywhere after the opening
     sentences.append(QUESTION.format(item=item, name=name))
     lines.append(f"#### {value}")
     return {"question": " ".join(sentences), "answer": "\n".join(lines)}
@@ -103,7 +113,7 @@ def generate_splits(spec: ArithSpec, sizes: dict[str, int], seed: int) -> dict[s
 
 def vocabulary_words() -> list[str]:
     """Every word and symbol the generator can write (numbers excluded), for the embedded tokenizer."""
-    texts = [OPENING, QUESTION, *SYMBOL.values(), "=", "####"]
+    texts = [OPENING, QUESTION, *DISTRACTORS, *SYMBOL.values(), "=", "####"]
     for templates in CHANGES.values():
         texts.extend(templates)
     words = set(NAMES) | set(ITEMS)

@@ -139,10 +139,11 @@ class ArithDatasetConfig(DatasetConfig):
     min_steps: int = 2  # operations per problem, drawn uniformly from [min_steps, max_steps]
     max_steps: int = 4
     start_max: int = 20  # the starting amount is drawn from [1, start_max]
-    operand_max: int = 20  # each added/subtracted amount is drawn from [1, operand_max]
-    value_max: int = 99  # running values stay in [0, value_max]
+    operand_max: int = 10  # each added/subtracted amount is drawn from [1, operand_max]
+    value_max: int = 50  # running values stay in [0, value_max]
     multiplier_max: int = 3  # for the `mul` operation
     operations: list[str] = field(default_factory=lambda: ["add", "sub"])  # any of add, sub, mul
+    distractors_max: int = 1  # sentences about another person per problem, drawn from [0, distractors_max]
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
@@ -155,13 +156,14 @@ class ArithDatasetConfig(DatasetConfig):
         require(self.start_max <= self.value_max <= arith.NUMBER_TOKEN_MAX, f"{prefix}.value_max",
                 f"must be in [start_max, {arith.NUMBER_TOKEN_MAX}]", self.value_max)
         require(self.multiplier_max >= 2, f"{prefix}.multiplier_max", "must be >= 2", self.multiplier_max)
+        require(self.distractors_max >= 0, f"{prefix}.distractors_max", "must be >= 0", self.distractors_max)
         unknown = sorted(set(self.operations) - set(arith.CHANGES))
         require(bool(self.operations) and not unknown, f"{prefix}.operations",
                 f"must be a non-empty list drawn from {sorted(arith.CHANGES)}", list(self.operations))
 
     def spec(self) -> arith.ArithSpec:
         return arith.ArithSpec(self.min_steps, self.max_steps, self.start_max, self.operand_max, self.value_max,
-                               self.multiplier_max, tuple(self.operations))
+                               self.multiplier_max, tuple(self.operations), self.distractors_max)
 
 
 @registry.datasets.register("arith", ArithDatasetConfig)

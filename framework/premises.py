@@ -1,0 +1,117 @@
+"""Whether the premises the compared methods rest on hold, measured on a job's own training artifacts.
+
+The sharpening methods assume that the model's self-reward picks better answers than it writes greedily;
+BoN-SFT that its targets are mostly right; DPO on self-ranked pairs that the preferred side is the right
+one more often than not; Self-Explore that exploration finds the step where a rationale first went wrong.
+A method sees none of this (the label-free ones never see a gold answer): the launcher measures it after
+training, with the labelled data, from what the method recorded in `ctx.artifacts`, and writes it to the
+job's results.json under `premises`; the report's premises section reads it from there.
+
+What each method records (the key in `ctx.artifacts`):
+- `sampled_set`: (list of SampledPrompt, the model that sampled them): BoN-SFT and DPO (sharpening.py);
+- `targets`: the (prompt, completion) rows SFT trains on: BoN-SFT;
+- `pairs`: the (prompt, chosen, rejected) rows DPO trains on: DPO, outcome DPO;
+- `exploration`: the ExplorationRecords of first-pit exploration: Self-Explore.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from framework.bon import SELECTOR_NAMES, select
+
+
+def _gold_by_prompt(train) -> dict[str, str]:
+    return dict(zip(train["prompt"], train["gold_answer"]))
+
+
+def sampled_set_premises(sampled, gold: dict[str, str], checker, greedy_correct: dict[str, bool] | None) -> dict:
+    """On the prompts the sharpening methods sample: each self-reward's best-of-N accuracy, one sample's
+    accuracy (the sampling temperature's), pass@N, and the sampling model's greedy accuracy on them."""
+    rows = [(prompt, [checker.check(c.text, gold[prompt.prompt]).correct for c in prompt.candidates])
+            for prompt in sampled if prompt.candidates and prompt.prompt in gold]
+    if not rows:
+        return {}
+    values = {"prompts": len(rows),
+              "sample_accuracy": sum(sum(c) / len(c) for _, c in rows) / len(rows),
+              "pass_at_n": sum(any(c) for _, c in rows) / len(rows),
+              "samples_per_prompt": max(len(c) for _, c in rows)}
+    for selector in SELECTOR_NAMES:
+        picks = [correct[select(selector, prompt.candidates, prompt.answers)] for prompt, correct in rows]
+        values[f"best_of_n_{selector}"] = sum(picks) / len(picks)
+    if greedy_correct is not None:
+        values["greedy_accuracy"] = sum(greedy_correct[prompt.prompt] for prompt, _ in rows) / len(rows)
+    return values
+
+
+def targets_premises(targets: list[dict], gold: dict[str, str], checker) -> dict:
+    """The share of SFT targets (BoN-SFT's picks) that reach the gold answer."""
+    scored = [checker.check(row["completion"], gold[row["prompt"]]).correct for row in targets if row["prompt"] in gold]
+    return {"targets": len(scored), "targets_right_share": sum(scored) / len(scored)} if scored else {}
+
+
+def pairs_premises(pairs: list[dict], gold: dict[str, str], checker) -> dict:
+    """How often a preference pair prefers a right answer to a wrong one, the reverse, or neither."""
+    kinds = Counter()
+    for row in pairs:
+        if row["prompt"] not in gold:
+            continue
+        chosen = checker.check(row["chosen"], gold[row["prompt"]]).correct
+        rejected = checker.check(row["rejected"], gold[row["prompt"]]).correct
+        kinds["right_vs_wrong" if chosen and not rejected else "wrong_vs_right" if rejected and not chosen
+              else "both_right" if chosen else "both_wrong"] += 1
+    total = sum(kinds.values())
+    if not total:
+        return {}
+    return {"pairs": total, **{f"pairs_{kind}_share": kinds[kind] / total
+                               for kind in ("right_vs_wrong", "wrong_vs_right", "both_right", "both_wrong")}}
+
+
+def first_wrong_step(steps: list[str], demonstration_steps: list[str]) -> int | None:
+    """1-based index of the first step that differs from the demonstration's step at the same position
+    (whitespace-stripped), or that the demonstration does not have; None when every step matches. Exact
+    where a problem has one solution written one way (the embedded task); an approximation elsewhere."""
+    for index, step in enumerate(steps):
+        if index >= len(demonstration_steps) or step.strip() != demonstration_steps[index].strip():
+            return index + 1
+    return None
+
+
+def pit_premises(records, demonstrations: dict[str, str], split: Callable[[str], list[str]]) -> dict:
+    """Where exploration's first pits fall against each rationale's first wrong step."""
+    where = Counter()
+    for record in records:
+        if record.pit is None or record.prompt not in demonstrations:
+            continue
+        wrong = first_wrong_step(record.steps, split(demonstrations[record.prompt]))
+        where["no_wrong_step" if wrong is None else "at" if record.pit == wrong else
+              "before" if record.pit < wrong else "after"] += 1
+    total = sum(where.values())
+    if not total:
+        return {}
+    return {"pits": total, **{f"pit_{kind}_first_wrong_step_share": where[kind] / total
+                              for kind in ("at", "before", "after")},
+            "pit_without_a_wrong_step_share": where["no_wrong_step"] / total}
+
+
+def measure(artifacts: dict, labelled, checker, greedy: Callable | None = None) -> dict:
+    """Every premise the job's artifacts allow; `labelled`: the task data with gold answers; `greedy(model,
+    prompts) -> texts`: the sampling model's greedy outputs (None: that comparison is left out)."""
+    gold = _gold_by_prompt(labelled.train)
+    values = {}
+    if "sampled_set" in artifacts:
+        sampled, model = artifacts["sampled_set"]
+        greedy_correct = None
+        if greedy is not None:
+            prompts = [prompt.prompt for prompt in sampled if prompt.prompt in gold]
+            greedy_correct = {prompt: checker.check(text, gold[prompt]).correct
+                              for prompt, text in zip(prompts, greedy(model, prompts))}
+        values.update(sampled_set_premises(sampled, gold, checker, greedy_correct))
+    if "targets" in artifacts:
+        values.update(targets_premises(artifacts["targets"], gold, checker))
+    if "pairs" in artifacts:
+        values.update(pairs_premises(artifacts["pairs"], gold, checker))
+    if "exploration" in artifacts:
+        records, split = artifacts["exploration"]
+        values.update(pit_premises(records, dict(zip(labelled.train["prompt"], labelled.train["completion"])), split))
+    return values

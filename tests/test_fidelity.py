@@ -1,0 +1,59 @@
+"""framework/fidelity.py: the report's premises and fidelity sections, on hand-made sweeps."""
+import json
+from types import SimpleNamespace
+
+from framework import fidelity, report
+
+
+def test_wrong_equation_finds_an_arithmetic_fact_stated_wrongly():
+    assert fidelity.wrong_equation("3 + 4 = 8\n#### 8")
+    assert not fidelity.wrong_equation("3 + 4 = 7\n7 - 2 = 5\n#### 5")
+    assert fidelity.wrong_equation("3 + 4 = 7\n7 * 2 = 15")
+    assert not fidelity.wrong_equation("#### 12")  # no equation: a plan error, not a fact error
+
+
+def test_a_verdict_needs_the_whole_interval_on_one_side():
+    assert fidelity._verdict(0.01, 0.05, +1) == "held"
+    assert fidelity._verdict(-0.05, -0.01, +1) == "not held"
+    assert fidelity._verdict(-0.01, 0.05, +1) == "not resolved"
+    assert fidelity._verdict(-0.05, -0.01, -1) == "held"
+
+
+def _job(tmp_path, name, algorithm, decoder, seed, rows, **decoder_config):
+    job = tmp_path / name
+    job.mkdir()
+    (job / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    scores = report._scores_from_rows(rows)
+    record = {"algorithm": algorithm, "decoder": decoder, "decoder_label": decoder, "dataset": "arith",
+              "model": "tiny", "seed": seed, "decoder_config": decoder_config, "job_dir": str(job),
+              "metrics": {"accuracy": sum(scores.values()) / len(scores), "num_problems": len(scores)}}
+    return record
+
+
+def _row(problem, correct, candidate=0, chosen=True, answer="1", logprob=-1.0, generation="#### 1"):
+    return {"problem": problem, "candidate": candidate, "chosen": chosen, "correct": correct, "extracted": answer,
+            "logprob": logprob, "num_tokens": 3, "finished": True, "generation": generation}
+
+
+def test_premises_read_sample_accuracy_and_pass_at_n_from_the_sft_best_of_n_candidates(tmp_path):
+    # 4 problems; greedy right on 0 and 1 (0.5). Candidates (2 per problem): problem 0 both right, 1 one
+    # right, 2 one right, 3 none: one sample 0.5 (ratio 1.0), pass@2 0.75 (+25 points)
+    greedy = _job(tmp_path, "g", "sft", "greedy", 0, [_row(0, True), _row(1, True), _row(2, False, generation="2 + 2 = 5"),
+                                                       _row(3, False)])
+    candidates = [(0, True), (0, True), (1, True), (1, False), (2, False), (2, True), (3, False), (3, False)]
+    bon = _job(tmp_path, "b", "sft", "bon", 0, [_row(p, c, candidate=i % 2, chosen=i % 2 == 0)
+                                                for i, (p, c) in enumerate(candidates)], temperature=1.0)
+    cells = report.aggregate([greedy, bon], compare=False)
+    text = "\n".join(fidelity.premises_lines(cells))
+    assert "| SFT greedy accuracy | 0.5 (seeds: 0.5) | in [0.40, 0.75] | yes |" in text
+    assert "| SFT greedy errors that state an arithmetic fact wrongly | 0.5 of 2 |" in text
+    assert "| SFT one sample at T = 1.0 / greedy (4 problems) | 1 (seeds: 1) | >= 0.7 | yes |" in text
+    assert "| SFT pass@2 - greedy, points | 25 (seeds: 25) | >= 15 | yes |" in text
+
+
+def test_majority_and_logprob_picks_are_recomputed_from_the_candidates(tmp_path):
+    # one problem, 3 candidates: the highest log-prob says 2 (wrong), two others say 1 (right)
+    rows = [_row(0, False, 0, True, "2", -0.1), _row(0, True, 1, False, "1", -1.0), _row(0, True, 2, False, "1", -2.0)]
+    cell = SimpleNamespace(runs=[{"seed": 0, "job_dir": str(_job(tmp_path, "b", "sft", "bon", 0, rows)["job_dir"])}])
+    assert fidelity._selector_scores(cell, "logprob") == {0: {0: 0.0}}
+    assert fidelity._selector_scores(cell, "majority") == {0: {0: 1.0}}
