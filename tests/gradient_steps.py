@@ -60,7 +60,8 @@ def _fake_xpo_sample(self, model, prompt_ids, prompt_mask):
     for ids, mask in zip(prompt_ids.tolist(), prompt_mask.tolist()):
         key = sum(token for token, keep in zip(ids, mask) if keep)
         length = 3 + key % 5 + (2 if reference else 0)
-        rows.append([10 + (key * (j + 3) + (17 if reference else 0)) % 900 for j in range(length)] + [eos])
+        vocabulary = len(self._tokenizer) - 10  # ids 10.. stay clear of the special tokens
+        rows.append([10 + (key * (j + 3) + (17 if reference else 0)) % vocabulary for j in range(length)] + [eos])
     width = max(map(len, rows))
     completion = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=prompt_ids.device)
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=prompt_ids.device)

@@ -133,7 +133,7 @@ def test_a_rerun_reuses_the_evaluation_and_counts_every_stage_of_the_model(compo
     assert (tmp_path / "a" / "generations.jsonl").read_text() == (tmp_path / "b" / "generations.jsonl").read_text()
     assert first["compute"] == second["compute"]
     kinds = sorted(entry["kind"] for entry in first["compute"]["stages"])
-    assert kinds == ["base-tiny", "bon_sft", "evaluation", "samples", "sft"]
+    assert kinds == ["base-tiny", "bon_sft", "evaluation", "premises", "samples", "sft"]
     stages = {entry["kind"]: entry for entry in first["compute"]["stages"]}
     # two optimizer steps of batch 8 on each of SFT and BoN-SFT: non-padding tokens of those batches
     assert stages["sft"]["train_tokens"] > 0 and stages["bon_sft"]["train_tokens"] > 0

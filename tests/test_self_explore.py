@@ -383,7 +383,7 @@ def test_rft_trains_the_built_model_by_default(monkeypatch, tmp_path):
     from framework.data.loaders import ArithDatasetConfig, load_arith
 
     started_from = []
-    monkeypatch.setattr(rft, "train_in_stage", lambda ctx, kind, spec, make, start, metadata, code: started_from.append(
+    monkeypatch.setattr(rft, "train_in_stage", lambda ctx, kind, spec, make, start, metadata, code, training: started_from.append(
         (start, spec["start"], metadata["kept_set"]["kept_correct"])))
     built, sft = SimpleNamespace(fingerprint={"base": "built"}), SimpleNamespace(fingerprint={"sft": 1})
     ctx = SimpleNamespace(data=load_arith(ArithDatasetConfig(train_size=4, test_size=2)), base=sft, built=built,
