@@ -86,7 +86,7 @@ class TransformersEngineConfig(EngineConfig):
 @dataclass
 class VLLMEngineConfig(EngineConfig):
     name: str = "vllm"
-    gpu_memory_utilization: float = 0.5  # fraction of the whole GPU the engine may take (training shares it)
+    gpu_memory_utilization: float = 0.5  # fraction of the whole GPU the engine may take (training shares it); on a CPU, of its memory
     tensor_parallel_size: int = 1
     max_model_len: int | None = None  # null: the model's
     dtype: str = "auto"  # auto: the run's precision (model.precision)

@@ -88,9 +88,10 @@ def engine_kwargs(path: str, config, runtime, seed: int, engine_fields: set[str]
     dtype = VLLM_DTYPES.get(runtime.precision, "float32") if config.dtype == "auto" else config.dtype
     kwargs = {"model": path, "tokenizer": path, "dtype": dtype, "seed": seed,
               "tensor_parallel_size": config.tensor_parallel_size, "enforce_eager": config.enforce_eager,
-              "max_logprobs": DEFAULT_MAX_LOGPROBS}
-    if runtime.device.startswith("cuda"):
-        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+              "max_logprobs": DEFAULT_MAX_LOGPROBS,
+              # on a CPU vLLM reads it as the share of the machine's memory it reserves; left to vLLM's 0.92
+              # there, an engine refuses to start once other processes or the page cache hold a tenth of it
+              "gpu_memory_utilization": config.gpu_memory_utilization}
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
     if "logprobs_mode" in engine_fields:

@@ -363,7 +363,7 @@ def test_beam_refuses_models_with_extra_stop_tokens(install, policy, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the engine's arguments
-def test_engine_arguments_follow_the_run_precision_and_place_memory_on_a_gpu_only(install, policy):
+def test_engine_arguments_follow_the_run_precision_and_its_memory_share(install, policy):
     fake = install(respond=None)
     with open_engine(policy, VLLMEngineConfig(gpu_memory_utilization=0.3), Runtime("cuda", "bf16"), seed=7):
         pass
@@ -375,7 +375,7 @@ def test_engine_arguments_follow_the_run_precision_and_place_memory_on_a_gpu_onl
                    "gpu_memory_utilization": 0.3, "logprobs_mode": "raw_logprobs"}
     assert cpu == {"model": policy.path, "tokenizer": policy.path, "dtype": "float16", "seed": 1,
                    "tensor_parallel_size": 1, "enforce_eager": True, "max_logprobs": 20, "max_model_len": 256,
-                   "logprobs_mode": "raw_logprobs"}
+                   "gpu_memory_utilization": 0.5, "logprobs_mode": "raw_logprobs"}  # on a CPU: of its memory
 
 
 def test_arguments_the_installed_vllm_lacks_are_left_out(install, policy):
