@@ -226,6 +226,10 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
 
     started = time.time()
     settings = to_validated(cfg)  # ConfigError on any bad value, before anything is built
+    unknown = sorted(set(settings.evaluation.control_decoders) - set(registry.decoders.names()))
+    if unknown:  # here, not in the schema: the decoder registry imports framework.config
+        raise ConfigError(f"evaluation.control_decoders: {', '.join(unknown)} is no decoder; "
+                          f"available: {', '.join(registry.decoders.names())}")
     distributed.check_device(settings.device)  # ConfigError: cuda:N would put every process on one GPU
     runtime = resolve_runtime(settings.device, settings.model.precision)
     distributed.setup(cpu=runtime.device == "cpu")  # joins accelerate's/torchrun's process group; alone: nothing

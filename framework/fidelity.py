@@ -198,26 +198,10 @@ def _selector_scores(bon_cell, selector: str) -> dict[int, dict[int, float]]:
     return scores
 
 
-def _paired_scores(ours: dict, theirs: dict, bootstrap: Callable):
-    """A Comparison-like object for two seed -> problem -> score maps, on the seeds and problems both have."""
-    from types import SimpleNamespace
-
-    seeds = sorted(set(ours) & set(theirs))
-    if not seeds:
-        return None
-    problems = sorted(set.intersection(*(set(ours[s]) & set(theirs[s]) for s in seeds)))
-    if not problems:
-        return None
-    a = [sum(ours[s][p] for s in seeds) / len(seeds) for p in problems]
-    b = [sum(theirs[s][p] for s in seeds) / len(seeds) for p in problems]
-    difference, low, high, p_value = bootstrap(a, b)
-    return SimpleNamespace(difference=difference, low=low, high=high, p_value=p_value, problems=len(problems))
-
-
-def fidelity_lines(cells, compare: Callable, bootstrap: Callable) -> list[str]:
+def fidelity_lines(cells, compare: Callable, compare_scores: Callable) -> list[str]:
     """Each seed paper's qualitative claim, measured on this sweep: held / not held / not resolved.
-    `compare(cell, reference)`: the report's paired comparison of two cells (common seeds and problems);
-    `bootstrap(scores, reference_scores)`: its paired bootstrap (difference, low, high, p)."""
+    `compare(cell, reference)`: the report's paired comparison of two cells; `compare_scores(ours, theirs)`:
+    the same on two seed -> problem -> score maps (common seeds and problems, paired bootstrap)."""
     rows = []
 
     def claim(paper: str, text: str, comparison, side: int) -> None:
@@ -229,7 +213,7 @@ def fidelity_lines(cells, compare: Callable, bootstrap: Callable) -> list[str]:
     for sft_beam in beams:
         width = sft_beam.decoder_config.get("num_beams")
         soc = _cell(cells, "soc", "beam", num_beams=width)
-        claim("SOC", f"SOC >= SFT under beam search, width {width}", compare(soc, sft_beam) if soc else None, +1)
+        claim("SOC", f"SOC >= SFT under beam search, width {width}", compare(soc, sft_beam), +1)
     greedy = _cell(cells, "sft", "greedy")
     if greedy is not None:
         for sft_beam in beams:
@@ -240,7 +224,7 @@ def fidelity_lines(cells, compare: Callable, bootstrap: Callable) -> list[str]:
         size = bon.decoder_config.get("samples_per_prompt")
         logprob = _selector_scores(bon, "logprob")
         claim("sharpening", f"best-of-{size} by log-prob lifts over greedy (on SFT)",
-              _paired_scores(logprob, greedy.scores_by_seed() or {}, bootstrap), +1)
+              compare_scores(logprob, greedy.scores_by_seed()), +1)
         curves = [run["metrics"].get("bon_accuracy_by_n") for run in bon.runs]
         if curves and all(curves):
             sizes = sorted({int(n) for curve in curves for n in curve})
@@ -252,12 +236,12 @@ def fidelity_lines(cells, compare: Callable, bootstrap: Callable) -> list[str]:
                              ", ".join(f"N={n}: {100 * mean[n]:.1f}" for n in sizes) + " (expected accuracy, no interval)",
                              "held" if last < first else "not held"])
         claim("sharpening", f"majority vote >= log-prob among the same {size} samples (on SFT)",
-              _paired_scores(_selector_scores(bon, "majority"), logprob, bootstrap), +1)
+              compare_scores(_selector_scores(bon, "majority"), logprob), +1)
         bon_sft = _cell(cells, "bon_sft", "greedy")
         if bon_sft is not None:
             claim("sharpening", "BoN-SFT (greedy) > its starting model's greedy", compare(bon_sft, greedy), +1)
             claim("sharpening", f"BoN-SFT (greedy) < inference-time best-of-{size} (on SFT)",
-                  _paired_scores(bon_sft.scores_by_seed() or {}, logprob, bootstrap), -1)
+                  compare_scores(bon_sft.scores_by_seed(), logprob), -1)
     chain = [m for m in ("self_explore", "outcome_dpo", "rft", "sft") if _cell(cells, m, "greedy") is not None]
     for better, worse in zip(chain, chain[1:]):
         claim("Self-Explore", f"{better} > {worse} (greedy)",

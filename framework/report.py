@@ -466,21 +466,29 @@ def control_label(method_label: str) -> str:
     return f"{method_label} control"
 
 
-def _paired_comparison(cell: Cell, reference: Cell | None, resamples: int) -> Comparison | None:
-    """`cell` against `reference` on the seeds and problems both have, seeds averaged per problem."""
-    if reference is None:
+def paired_scores_comparison(ours: dict[int, dict[int, float]] | None, theirs: dict[int, dict[int, float]] | None,
+                             resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison | None:
+    """Two seed -> problem -> score maps on the seeds and problems both have, seeds averaged per problem."""
+    if not ours or not theirs:
         return None
-    seeds = sorted(set(cell.seeds) & set(reference.seeds))
-    ours, theirs = cell.scores_by_seed(seeds), reference.scores_by_seed(seeds)
-    if not seeds or ours is None or theirs is None:
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
         return None
-    problems = sorted(set.intersection(*(set(s) for s in [*ours.values(), *theirs.values()])))
+    problems = sorted(set.intersection(*(set(ours[s]) & set(theirs[s]) for s in seeds)))
     if not problems:
         return None
     method = [sum(ours[s][i] for s in seeds) / len(seeds) for i in problems]
     base = [sum(theirs[s][i] for s in seeds) / len(seeds) for i in problems]
     difference, low, high, p_value = paired_bootstrap(method, base, resamples)
     return Comparison(difference, low, high, p_value, seeds, len(problems))
+
+
+def _paired_comparison(cell: Cell, reference: Cell | None, resamples: int) -> Comparison | None:
+    """`cell` against `reference` (same decoder, or whatever the caller pairs) on their common seeds."""
+    if cell is None or reference is None:
+        return None
+    seeds = sorted(set(cell.seeds) & set(reference.seeds))
+    return paired_scores_comparison(cell.scores_by_seed(seeds), reference.scores_by_seed(seeds), resamples)
 
 
 def _compare_with_baseline(cells: list[Cell], by_key: dict, baseline: str, resamples: int) -> None:
@@ -611,7 +619,7 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
                       "Measured from the jobs' generations and the `premises` records the launcher writes after a "
                       "method trains (framework/premises.py; gold answers are used there and here only).", ""]
         if claims := fidelity.fidelity_lines(group, lambda a, b: _paired_comparison(a, b, resamples),
-                                             lambda a, b: paired_bootstrap(a, b, resamples)):
+                                             lambda a, b: paired_scores_comparison(a, b, resamples)):
             lines += ["### Fidelity: do the seed papers' claims hold here?", "", *claims, "",
                       "Verdict from the paired 95% interval (bootstrap over problems, seeds averaged, not "
                       "adjusted for multiplicity): held when it lies on the claimed side of 0, not held when on the "

@@ -264,3 +264,12 @@ def test_decoder_max_problems_scores_the_first_problems_of_the_test_split(compos
     assert (whole["metrics"]["num_problems"], first["metrics"]["num_problems"]) == (6, 4)
     rows = lambda job: [json.loads(line) for line in (tmp_path / job / "generations.jsonl").open()]
     assert [r["question"] for r in rows("first")] == [r["question"] for r in rows("whole")][:4]
+
+
+def test_an_unknown_control_decoder_is_refused_before_anything_is_built(compose_cfg, tmp_path):
+    from framework.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"evaluation.control_decoders: greedyy is no decoder; available: .*greedy"):
+        run(compose_cfg([*_overrides("dpo"), "evaluation.control_decoders=[greedyy]"], tmp_path / "cache"),
+            tmp_path / "job")
+    assert not (tmp_path / "cache").exists()  # refused before the base model was built
