@@ -16,8 +16,10 @@ Several processes of one job (`accelerate launch`, `torchrun`; see framework/dis
   the others wait until it is finished, then enter the block with `stage.done` true and read it.
 - `open(kind, spec, collective=True)`: every process runs the block, because training needs them
   all. The main process holds the lock and commits; `new_output_dir()` gives the others a private
-  scratch directory that is thrown away (trainers write the artifact from the main process), and
-  `commit` returns on every process once the stage is finished. The key includes the number of
+  scratch directory that is thrown away (trainers write the artifact from the main process). The
+  main process commits once every process has reached `commit` (no process is still reading the
+  stage's checkpoints/ or about to ask `stage.done`), and `commit` returns on every process once the
+  stage is finished. The key includes the number of
   processes, since the global batch is per-device batch x processes x accumulation steps.
 The cache directory must be one filesystem that every process (every node) sees.
 
@@ -214,7 +216,11 @@ class Stage:
         if self.role == ALONE:
             self._commit(metadata)
             return
+        # Every process arrives before the main process commits: committing deletes checkpoints/ (the
+        # generation shards another process may still be reading) and makes `done` true for a process
+        # that has not yet asked it (it would skip its part of the block).
         if self._writes_artifact():  # the main process of a collective stage
+            distributed.barrier()
             committed = False
             try:
                 self._commit(metadata)
@@ -223,6 +229,7 @@ class Stage:
                 distributed.share_from_main(committed)  # the others wait in commit until the stage is done
             return
         shutil.rmtree(self.dir / f"output.partial.rank{distributed.rank()}", ignore_errors=True)
+        distributed.barrier()
         if not distributed.share_from_main(None):
             raise StageSyncError(f"committing stage {self.kind}/{self.key} failed on the main process; see its log")
         if not self.done:

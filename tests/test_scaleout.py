@@ -278,6 +278,31 @@ def test_collective_stage_runs_on_every_rank_and_keeps_the_main_processs_artifac
     assert [outcome[1] for outcome in ranks.run(body)] == ["saved by rank 0"] * 2 and trained == []  # reused
 
 
+def test_collective_commit_waits_until_every_rank_is_done_with_the_stages_files(tmp_path, monkeypatch):
+    """A slow rank 1 still reads a generation shard in checkpoints/ and only then asks `stage.done`:
+    rank 0's commit (which deletes checkpoints/ and marks the stage done) must wait for it."""
+    ranks, trained = Ranks(monkeypatch), []
+
+    def body(rank):
+        with StageStore(tmp_path).open("samples", {}, collective=True, processes_in_key=False) as stage:
+            if rank == 0:
+                stage.checkpoints.mkdir(parents=True)
+                (stage.checkpoints / "shard-0").write_text("batch 0")
+            distributed.barrier()  # as generate_sharded's barrier before every rank reads every shard
+            if rank == 1:
+                time.sleep(0.3)
+            shard = (stage.checkpoints / "shard-0").read_text()
+            if not stage.done:
+                trained.append(rank)
+                (stage.new_output_dir() / "samples.jsonl").write_text(shard)
+                stage.commit()
+            return (stage.output / "samples.jsonl").read_text()
+
+    outcomes = ranks.run(body)
+    assert outcomes == ["batch 0", "batch 0"] and sorted(trained) == [0, 1]
+    assert not (tmp_path / "samples" / stage_key("samples", {}) / "checkpoints").exists()
+
+
 def test_collective_stage_inside_a_main_only_stage_is_refused(tmp_path, monkeypatch):
     ranks, store = Ranks(monkeypatch), StageStore(tmp_path)
 
