@@ -5,7 +5,7 @@
   bon:  `decoder=bon` (log-probs recorded during generation, self-reward, selection), with its
         greedy reference pass off, because that pass is a second decode on purpose, not overhead.
 
-The ratio bon / raw is the cost of self-reward and selection (the issue's bar: at most 1.2).
+The ratio bon / raw is the cost of self-reward and selection (the target: at most 1.2).
 
     python benchmarks/bon_overhead.py [--samples 16] [--prompts 64] [--repeats 3] [--json out.json]
 

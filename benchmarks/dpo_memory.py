@@ -44,12 +44,13 @@ def train_variant(precompute: bool, model_name: str, workdir: Path) -> dict:
     pairs = [{"prompt": p, "chosen": f"{p.split()[2]} + {p.split()[4][:-1]} = ?\n#### 7", "rejected": "I do not know.\n"}
              for p in prompts]
     trainers = []
-    preference.train_in_stage = lambda ctx, kind, spec, make, start, metadata, code: trainers.append(
+    preference.train_in_stage = lambda ctx, kind, spec, make, *, code, start, metadata: trainers.append(
         make(str(workdir / f"checkpoints-{precompute}")))
     ctx = SimpleNamespace(runtime=runtime, seed=0, report_to="none", model_config=ModelConfig(), log=lambda m: None)
     config = PreferenceTrainingConfig(max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
                                       max_length=64, save_steps=100, precompute_ref_log_probs=precompute, trainer={})
-    preference.train_dpo_on_pairs(ctx, "benchmark", handle, pairs, config, "pairs")
+    preference.train_dpo(ctx, "benchmark", {"pairs": "pairs"}, handle, pairs, config,
+                         rejected_eos=config.rejected_eos, code=__name__)
     trainer = trainers[0]
     started = time.perf_counter()
     trainer.train()

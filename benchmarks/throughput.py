@@ -48,7 +48,7 @@ def main() -> None:
 
     from framework import registry
     from framework.algorithms import AlgorithmContext
-    from framework.algorithms.sft import SFTAlgorithmConfig
+    from framework.algorithms.sft_stage import SFTAlgorithmConfig
     from framework.data.loaders import ArithDatasetConfig
     from framework.decoding import GreedyConfig
     from framework.models import TinyModelConfig, resolve_runtime
@@ -87,10 +87,12 @@ def main() -> None:
     plain_trl(10, gradient_checkpointing=False)
 
     from framework.algorithms import sft as sft_module
+    from framework.algorithms import sft_stage
     from framework.algorithms import soc as soc_module
     from framework.algorithms.soc import SOCConfig
 
-    def framework_training(module, config_class, **config_overrides):
+    def framework_training(method, module, config_class, **config_overrides):
+        """`method.run`, timed, with the trainer that `module.make_sft_trainer` builds for it captured."""
         captured: dict = {}
         original = module.make_sft_trainer
 
@@ -106,14 +108,14 @@ def main() -> None:
                                        seed=0, report_to="none", output_dir=work)
             set_seed(0)
             started = time.perf_counter()
-            module.run(context)
+            method.run(context)
             return time.perf_counter() - started, _tokens_of(captured["trainer"])
         finally:
             module.make_sft_trainer = original
 
-    framework_seconds, framework_tokens = framework_training(sft_module, SFTAlgorithmConfig)
+    framework_seconds, framework_tokens = framework_training(sft_module, sft_stage, SFTAlgorithmConfig)
     # The same without intermediate checkpoints: what resumability (save_steps=50) costs.
-    no_checkpoint_seconds, _ = framework_training(sft_module, SFTAlgorithmConfig, save_steps=10 * args.sft_steps)
+    no_checkpoint_seconds, _ = framework_training(sft_module, sft_stage, SFTAlgorithmConfig, save_steps=10 * args.sft_steps)
 
     # "matched": TRL's gradient checkpointing off, as the framework runs the tiny model; "TRL defaults":
     # what a script that only sets precision gets (checkpointing on: same maths, more compute).
@@ -133,8 +135,8 @@ def main() -> None:
                                                / figures["sft"]["plain_trl_defaults_tokens_per_s"])
 
     # (c) SOC vs SFT: same rows, seed, steps; only the loss differs --------------------------------
-    soc_seconds, soc_tokens = framework_training(soc_module, SOCConfig)
-    sft_seconds, sft_tokens = framework_training(sft_module, SFTAlgorithmConfig)
+    soc_seconds, soc_tokens = framework_training(soc_module, soc_module, SOCConfig)
+    sft_seconds, sft_tokens = framework_training(sft_module, sft_stage, SFTAlgorithmConfig)
     figures["soc"] = {"soc_tokens_per_s": soc_tokens / soc_seconds, "sft_tokens_per_s": sft_tokens / sft_seconds,
                       "soc_seconds": soc_seconds, "sft_seconds": sft_seconds, "same_tokens": soc_tokens == sft_tokens}
     figures["soc"]["ratio"] = figures["soc"]["soc_tokens_per_s"] / figures["soc"]["sft_tokens_per_s"]
@@ -147,7 +149,7 @@ def main() -> None:
     decoder.decode(engine, prompts[:8], progress=False)  # warm-up, both paths share it
 
     def framework_decode():
-        return decoder.decode(engine, prompts, progress=False)
+        return decoder.decode(engine, prompts, progress=False).outputs
 
     def plain_generate():
         with torch.no_grad():

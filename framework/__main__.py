@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 # Before any Hugging Face import: no telemetry pings (TRL sends one per trainer) on offline machines.
@@ -28,30 +28,11 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from framework import __version__, distributed, registry, tracking  # noqa: E402
 from framework.config import GROUP_BASES, to_validated, unknown_key_message  # noqa: E402
 from framework.errors import ConfigError  # noqa: E402
+from framework.jsonl import read_jsonl, write_jsonl  # noqa: E402
+from framework.paths import CONF_DIR  # noqa: E402
+from framework.results import ControlSummary, JobResult  # noqa: E402
 
 log = logging.getLogger("framework")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-# Keys a decoder's label always shows; any other key appears only when it differs from its default.
-LABEL_KEYS = {"sample": ("samples_per_prompt", "temperature"), "beam": ("num_beams",),
-              "bon": ("selector", "samples_per_prompt", "temperature")}
-
-
-# Keys that do not change which outputs are chosen (batching, memory, the extra greedy pass and the Monte-Carlo
-# draws of best-of-N's reference curve): left out of decoder labels.
-LABEL_OMITS = ("name", "max_new_tokens", "prompts_per_batch", "gpu_memory_utilization", "greedy_reference",
-               "curve_draws")
-
-
-def _describe_decoder(decoder) -> str:
-    """A short label for tables and run names: `bon(selector=logprob, samples_per_prompt=16, temperature=1.0)`."""
-    defaults = type(decoder)()
-    always = LABEL_KEYS.get(decoder.name, ())
-    interesting = {key: value for key, value in vars(decoder).items()
-                   if key not in LABEL_OMITS
-                   and (key in always or value != getattr(defaults, key, None))}
-    return decoder.name + (f"({', '.join(f'{k}={v}' for k, v in interesting.items())})" if interesting else "")
 
 
 def _versions() -> dict:
@@ -88,13 +69,13 @@ def _hydra_context() -> tuple[Path, str | None, list[str]]:
 
 def _check_training_data(settings, algorithm, data) -> None:
     """Refuse, before anything is built, a training method on data it cannot train on."""
-    if not getattr(algorithm, "trains", True):
+    if not algorithm.trains:
         return
     name = settings.algorithm.name
     if len(data.train) == 0:
         raise ConfigError(f"algorithm={name} trains, but dataset={settings.dataset.name} has no training split "
                           "(an evaluation-only dataset); use algorithm=none or give the dataset a training file")
-    needs_demonstrations = (not getattr(algorithm, "label_free", False)
+    needs_demonstrations = (not algorithm.label_free
                             or getattr(settings.algorithm, "starting_point", "base") == "sft")
     missing = [column for column in ("completion", "gold_answer") if column not in data.train.column_names]
     if needs_demonstrations and missing:
@@ -120,20 +101,16 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
             "engine": engine_identity(settings.engine)}
     # the code that decodes and scores: this glue, the evaluation module, the decoder's and the checker's
     code = ("framework.__main__", "framework.evaluation", type(decoder).__module__, type(data.checker).__module__)
-    with distributed.main_process_alone(), stages.open("evaluation", spec, code=code) as stage:
+    with distributed.main_process_alone(), stages.open("evaluation", spec, code=code, shared=True) as stage:
         reused = stage.done
         if not reused:
             decoded_at = time.time()
             with open_engine(policy, settings.engine, runtime, settings.seed) as engine:
                 # shards in the stage's checkpoints: an interrupted evaluation resumes where it stopped
-                decoded = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation"), list(test["prompt"]))
-                model = getattr(engine, "model", None)  # transformers: the same loaded model scores the gold
+                decoding = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation"), list(test["prompt"]))
+                model = engine.transformers_model  # the same loaded model scores the gold (None: vLLM)
             tokenizer = policy.load_tokenizer()
-            # decoders that pick among samples (bon) add their accuracy curve and their greedy baseline
-            metrics, records = evaluation.score(test, decoded, data.checker,
-                                                selector_curve=getattr(decoder, "accuracy_curve", None))
-            if (reference_metrics := getattr(decoder, "reference_metrics", None)) is not None:
-                metrics.update(reference_metrics(test, data.checker, metrics))
+            metrics, records = evaluation.score(test, decoding, data.checker, decoder)  # with the decoder's own
             metrics["decode_seconds"] = time.time() - decoded_at
             if settings.evaluation.diagnostics and "completion" in test.column_names:  # needs demonstrations
                 model = model if model is not None else policy.load_model(runtime)  # vllm: once its engine is closed
@@ -144,27 +121,12 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
             del model
             metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
             output = stage.new_output_dir()
-            evaluation.write_jsonl(output / "generations.jsonl", records)
+            write_jsonl(output / "generations.jsonl", records)
             (output / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, default=str))
             stage.commit({"compute": {"generated_tokens": metrics["generated_tokens"]}})
         metrics = json.loads((stage.output / "metrics.json").read_text())
-        with (stage.output / "generations.jsonl").open(encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle]
+        records = read_jsonl(stage.output / "generations.jsonl")
     return metrics, records, reused
-
-
-# Stages every method's model rests on alike (the starting model) or that are not training (evaluation):
-# left out of a method's compute sums, still listed under compute.stages.
-SHARED_STAGE_KINDS = ("base-tiny", "base-gguf", "evaluation", "premises")
-
-
-def _compute_spent(ledger: list[dict]) -> dict:
-    """What the job's model cost, summed over every stage it rests on, whether computed now or reused."""
-    own = [entry for entry in ledger if entry["kind"] not in SHARED_STAGE_KINDS]
-    total = lambda key: sum(entry.get(key) or 0 for entry in own)
-    return {"train_tokens": total("train_tokens"), "train_seconds": total("train_seconds"),
-            "stage_seconds": total("seconds"), "sampling_generated_tokens": total("generated_tokens"),
-            "exploration_rollouts": total("rollouts"), "stages": ledger}
 
 
 def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
@@ -184,7 +146,8 @@ def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
                                       prompts_per_batch=settings.decoder.prompts_per_batch)
         return [candidates[0].text for candidates in outputs]
 
-    with distributed.main_process_alone(), stages.open("premises", spec, code=("framework.premises", __name__)) as stage:
+    with distributed.main_process_alone(), stages.open("premises", spec, code=("framework.premises", __name__),
+                                                       shared=True) as stage:
         if not stage.done:
             values = premises.measure(ctx.artifacts, ctx.control_data or ctx.data, ctx.data.checker, greedy)
             (stage.new_output_dir() / "premises.json").write_text(json.dumps(values, sort_keys=True))
@@ -193,29 +156,28 @@ def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
 
 
 def _evaluate_control(settings, control, start, data, decoder, stages, runtime, output_dir: Path,
-                      shared: dict) -> dict:
+                      job: JobResult) -> ControlSummary:
     """Evaluate a method's control with the job's decoder; its own record and generations go into
     <job dir>/control/ (the report reads it as the row `<method> control`). Returns a summary for the
     method's results.json."""
-    from framework import evaluation
-
     metrics, records, reused = _evaluate(settings, control, data, decoder, stages, runtime)
     directory = output_dir / "control"
     directory.mkdir(parents=True, exist_ok=True)
-    evaluation.write_jsonl(directory / "generations.jsonl", records)
+    write_jsonl(directory / "generations.jsonl", records)
     # what the control rests on: the stages up to the model it started from (noted before anything that
     # depends on it), then its own; not the method's data stages
     ledger = stages.compute_ledger()
-    start_at = next((i for i, entry in enumerate(ledger) if entry["key"] == start.fingerprint.get("key")), -1)
-    upstream = [*ledger[:start_at + 1], *(entry for entry in ledger if entry["kind"] == "control")]
-    record = {**shared, "control_of": settings.algorithm.name, "metrics": metrics, "policy": control.fingerprint,
-              "evaluation_reused": reused, "compute": _compute_spent(upstream)}
-    (directory / "results.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    return {"policy": control.fingerprint, "metrics": metrics, "dir": str(directory)}
+    keys = [entry["key"] for entry in ledger]
+    upstream_end = keys.index(start.fingerprint["key"]) + 1 if start.fingerprint.get("key") in keys else 0
+    upstream = [*ledger[:upstream_end], ledger[keys.index(control.fingerprint["key"])]]
+    # the control's own record: the job's, with the control's model, evaluation and compute
+    replace(job, control_of=settings.algorithm.name, metrics=metrics, policy=control.fingerprint,
+            evaluation_reused=reused, compute=stages.compute_spent(upstream)).write(directory / "results.json")
+    return ControlSummary(policy=control.fingerprint, metrics=metrics, dir=str(directory))
 
 
 def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: list[str] | None = None) -> dict:
-    """One job. Returns the results record (also written to `output_dir/results.json`)."""
+    """One job. Returns its JobResult as a dict (also written to `output_dir/results.json`)."""
     from transformers import set_seed
 
     from framework import evaluation
@@ -225,6 +187,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     from framework.stages import StageStore
 
     started = time.time()
+    # idempotent; needed where a launcher (submitit) starts the job from a pickle and main() never ran
+    registry.load_plugins()
     settings = to_validated(cfg)  # ConfigError on any bad value, before anything is built
     unknown = sorted(set(settings.evaluation.control_decoders) - set(registry.decoders.names()))
     if unknown:  # here, not in the schema: the decoder registry imports framework.config
@@ -248,9 +212,9 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     if distributed.is_main_process():  # the run's files and W&B run are the main process's (distributed.py)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    run_name = settings.run_name or f"{settings.algorithm.name}-{_describe_decoder(settings.decoder)}-seed{settings.seed}"
+    run_name = settings.run_name or f"{settings.algorithm.name}-{settings.decoder.label()}-seed{settings.seed}"
     # `method` / `decoder_label` survive W&B sweep agents, which overwrite `algorithm` with the swept option name
-    tracked = {**resolved, "method": settings.algorithm.name, "decoder_label": _describe_decoder(settings.decoder)}
+    tracked = {**resolved, "method": settings.algorithm.name, "decoder_label": settings.decoder.label()}
     tracker = tracking.start(settings.logger, tracked, output_dir, run_name, group, job_type=settings.algorithm.name)
     failed, main_evaluates, results = True, False, None
     try:
@@ -272,28 +236,23 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
 
         metrics, records, evaluation_reused = _evaluate(settings, policy, data, decoder, stages, runtime)
         premises = _measure_premises(settings, method_context, stages, runtime, policy)
-        compute = _compute_spent(stages.compute_ledger())
-        evaluation.write_jsonl(output_dir / "generations.jsonl", records)
-        results = {
-            "algorithm": settings.algorithm.name, "algorithm_config": resolved["algorithm"],
-            "decoder": settings.decoder.name,
-            "decoder_label": _describe_decoder(settings.decoder), "decoder_config": vars(settings.decoder),
-            "dataset": settings.dataset.name,
-            "model": settings.model.name, "seed": settings.seed, "metrics": metrics,
-            "train_seconds": train_seconds, "wall_seconds": time.time() - started,
-            "compute": compute, "evaluation_reused": evaluation_reused,
-            "policy": policy.fingerprint, "overrides": overrides or [], "versions": _versions(),
-            "hardware": _hardware(runtime), "wandb_run": tracker.run_path,
-        }
+        compute = stages.compute_spent()
+        write_jsonl(output_dir / "generations.jsonl", records)
+        result = JobResult(
+            algorithm=settings.algorithm.name, decoder=settings.decoder.name, decoder_label=settings.decoder.label(),
+            dataset=settings.dataset.name, model=settings.model.name, seed=settings.seed, metrics=metrics,
+            algorithm_config=resolved["algorithm"], decoder_config=vars(settings.decoder),
+            train_seconds=train_seconds, wall_seconds=time.time() - started, compute=compute,
+            evaluation_reused=evaluation_reused, policy=policy.fingerprint, overrides=overrides or [],
+            versions=_versions(), hardware=_hardware(runtime), wandb_run=tracker.run_path)
         if premises:
-            results["premises"] = premises
+            result.premises = premises
             tracker.summary({f"premises/{key}": value for key, value in premises.items()})
         if control is not None:
-            results["control"] = _evaluate_control(settings, *control, data, decoder, stages, runtime, output_dir,
-                                                   {key: value for key, value in results.items()
-                                                    if key not in ("metrics", "policy", "compute")})
-            tracker.summary({f"control_eval/{key}": value for key, value in results["control"]["metrics"].items()})
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
+            result.control = _evaluate_control(settings, *control, data, decoder, stages, runtime, output_dir, result)
+            tracker.summary({f"control_eval/{key}": value for key, value in result.control.metrics.items()})
+        result.write(output_dir / "results.json")
+        results = result.to_dict()
         tracker.log(metrics, prefix="eval/")
         tracker.summary({f"eval/{key}": value for key, value in metrics.items()})
         tracker.summary({f"compute/{key}": value for key, value in compute.items() if key != "stages"})

@@ -17,21 +17,20 @@ import functools
 import itertools
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 from framework import registry
-from framework.config import require
-from framework.config import DecoderConfig
-from framework.decoding import Candidate, Decoded, GreedyConfig, GreedyDecoder, SampleDecoder
-from framework.evaluation import pass_k_values, score
-
-SELECTOR_NAMES = ("logprob", "length_norm", "majority")
+from framework.config import DecoderConfig, require
+from framework.decoding import Candidate, Correctness, Decoded, Decoding, GreedyConfig, GreedyDecoder, SampleDecoder
+from framework.evaluation import chosen_accuracy, pass_k_values
+# the self-reward and the pick (one definition, shared with the sharpening methods' training data)
+from framework.self_reward import SCORE_SELECTORS, SELECTOR_NAMES, select, select_majority
 
 
 @dataclass
 class BoNConfig(DecoderConfig):
+    LABEL_KEYS: ClassVar[tuple[str, ...]] = ("selector", "samples_per_prompt", "temperature")
     name: str = "bon"
     samples_per_prompt: int = 50  # N (the sharpening paper's); the accuracy curve covers N' = 1, 2, 4, ... and N
     temperature: float = 1.0  # sampling temperature; log-probs stay at temperature 1 whatever this is
@@ -54,73 +53,19 @@ class BoNConfig(DecoderConfig):
         require(self.curve_draws >= 1, f"{prefix}.curve_draws", "must be >= 1", self.curve_draws)
 
 
-# ---------------------------------------------------------------------------- selectors
-# Tie-breaking is deterministic everywhere: among equal scores the first index wins, so a selector
-# applied to a subset kept in the original order picks what the exact curve below assumes.
-def logprob_scores(candidates: list[Candidate]) -> list[float]:
-    return [candidate.logprob for candidate in candidates]
-
-
-def length_norm_scores(candidates: list[Candidate]) -> list[float]:
-    # max(.., 1): an empty generation (0 tokens) must not divide by zero
-    return [candidate.logprob / max(candidate.num_tokens, 1) for candidate in candidates]
-
-
-def first_argmax(scores: list[float]) -> int:
-    """Index of the highest score; the first one among ties."""
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
-
-
-def select_logprob(candidates: list[Candidate]) -> int:
-    return first_argmax(logprob_scores(candidates))
-
-
-def select_length_norm(candidates: list[Candidate]) -> int:
-    return first_argmax(length_norm_scores(candidates))
-
-
-def select_majority(candidates: list[Candidate], answers: list[str | None]) -> int:
-    """A candidate carrying the most frequent non-None answer.
-
-    Ties between answers: the higher summed log-prob of the answer's candidates, then the answer that
-    occurs first. Within the winning answer the highest-log-prob candidate is returned (first among
-    ties): every one of them is equally right or wrong, this one is the model's own favourite. When no
-    candidate has an answer, votes say nothing and the log-prob selector decides.
-    """
-    counts = Counter(answer for answer in answers if answer is not None)
-    if not counts:
-        return select_logprob(candidates)
-    summed_logprob = {answer: 0.0 for answer in counts}
-    first_seen: dict[str, int] = {}
-    for index, (candidate, answer) in enumerate(zip(candidates, answers)):
-        if answer is not None:
-            summed_logprob[answer] += candidate.logprob
-            first_seen.setdefault(answer, index)
-    winner = max(counts, key=lambda answer: (counts[answer], summed_logprob[answer], -first_seen[answer]))
-    members = [i for i, answer in enumerate(answers) if answer == winner]
-    return max(members, key=lambda i: (candidates[i].logprob, -i))
-
-
-SCORE_SELECTORS: dict[str, Callable[[list[Candidate]], list[float]]] = {
-    "logprob": logprob_scores, "length_norm": length_norm_scores,
-}
-
-
-def select(selector: str, candidates: list[Candidate], answers: list[str | None] | None = None) -> int:
-    """Index picked by the named selector; `answers` (extracted final answers) only matter for majority."""
-    if selector == "majority":
-        if answers is None:
-            raise ValueError("the majority selector needs the candidates' extracted answers")
-        return select_majority(candidates, answers)
-    return first_argmax(SCORE_SELECTORS[selector](candidates))
-
-
 # ---------------------------------------------------------------------------- metrics
 def lift_over_greedy(accuracy: float, greedy_accuracy: float) -> float | None:
     """The paper's % lift: 100 * (acc - acc_greedy) / acc_greedy; None when greedy solves nothing."""
     if greedy_accuracy == 0:
         return None
     return 100.0 * (accuracy - greedy_accuracy) / greedy_accuracy
+
+
+def lift_metrics(accuracy: float, accuracy_by_n: dict[str, float], greedy_accuracy: float) -> dict:
+    """Greedy accuracy on the same prompts and the % lift over it, overall and along the curve."""
+    return {"greedy_accuracy": greedy_accuracy, "lift_over_greedy": lift_over_greedy(accuracy, greedy_accuracy),
+            "lift_over_greedy_by_n": {size: lift_over_greedy(value, greedy_accuracy)
+                                      for size, value in accuracy_by_n.items()}}
 
 
 def curve_sizes(num_samples: int) -> list[int]:
@@ -169,7 +114,6 @@ class BoNDecoder(SampleDecoder):
         super().__init__(config, seed=seed, answer_extractor=answer_extractor)
         if config.selector == "majority" and answer_extractor is None:  # fail before any generation
             raise ValueError("decoder.selector=majority needs an answer_extractor (the dataset checker's extract)")
-        self.greedy_decoded: list[Decoded] | None = None  # set by `decode` when greedy_reference is on
 
     def answers(self, candidates: list[Candidate]) -> list[str | None] | None:
         if self.config.selector != "majority":
@@ -185,13 +129,21 @@ class BoNDecoder(SampleDecoder):
             max_new_tokens=self.config.max_new_tokens,
             prompts_per_batch=self.config.prompts_per_batch * self.config.samples_per_prompt), seed=self.seed)
 
-    def decode(self, engine, prompts: list[str], progress: bool = True) -> list[Decoded]:
-        """The N samples (those `sample` draws with this seed), then, on the same engine, the greedy reference."""
-        self.greedy_decoded = None
-        decoded = super().decode(engine, prompts, progress)
-        if self.config.greedy_reference:
-            self.greedy_decoded = self.greedy_reference_decoder().decode(engine, prompts, progress)
-        return decoded
+    def decode(self, engine, prompts: list[str], progress: bool = True) -> Decoding:
+        """The N samples (those `sample` draws with this seed), then, on the same engine, the greedy
+        reference (with `greedy_reference`)."""
+        outputs = self.decode_outputs(engine, prompts, progress)
+        reference = (self.greedy_reference_decoder().decode_outputs(engine, prompts, progress)
+                     if self.config.greedy_reference else None)
+        return Decoding(outputs, reference)
+
+    def metrics(self, decoding: Decoding, correct: Correctness) -> dict:
+        """The accuracy curve; with the greedy reference, greedy accuracy and the % lift over it."""
+        metrics = self.accuracy_curve(decoding.outputs, correct.outputs)
+        if decoding.reference is not None:
+            metrics.update(lift_metrics(chosen_accuracy(decoding.outputs, correct.outputs), metrics["bon_accuracy_by_n"],
+                                        chosen_accuracy(decoding.reference, correct.reference)))
+        return metrics
 
     def accuracy_curve(self, decoded: list[Decoded], correct: list[list[bool]]) -> dict:
         """`bon_accuracy_by_n`: {str(N'): mean over problems of the selector's expected accuracy on
@@ -210,15 +162,3 @@ class BoNDecoder(SampleDecoder):
             for size in sizes:
                 per_size[size].append(subsampled_accuracy(pick, problem_correct, size, self.config.curve_draws, rng))
         return {"bon_accuracy_by_n": {str(size): sum(values) / len(values) for size, values in per_size.items()}}
-
-    def reference_metrics(self, problems, checker, metrics: dict) -> dict:
-        """Greedy accuracy on the same prompts and the % lift over it, overall and along the curve."""
-        if self.greedy_decoded is None:
-            return {}
-        greedy_accuracy = score(problems, self.greedy_decoded, checker)[0]["accuracy"]
-        reference = {"greedy_accuracy": greedy_accuracy,
-                     "lift_over_greedy": lift_over_greedy(metrics["accuracy"], greedy_accuracy)}
-        if "bon_accuracy_by_n" in metrics:
-            reference["lift_over_greedy_by_n"] = {size: lift_over_greedy(accuracy, greedy_accuracy)
-                                                  for size, accuracy in metrics["bon_accuracy_by_n"].items()}
-        return reference

@@ -31,10 +31,14 @@ def require(condition: bool, key: str, message: str, value: Any = None) -> None:
 
 
 class Validated:
-    """Mixin: `validate(prefix)` checks this node; subclasses extend `checks`."""
+    """Mixin: `validate(prefix)` checks this node; subclasses extend `checks`.
 
-    def checks(self, prefix: str) -> None:  # pragma: no cover - overridden
-        pass
+    `checks` is cooperative: every class's `checks` calls `super().checks(prefix)` once, then checks its
+    own fields, so a schema that mixes several (TrainingConfig, TrainingSamplingConfig, ...) runs each
+    exactly once, in reverse method resolution order: the bases' checks before their subclasses'."""
+
+    def checks(self, prefix: str) -> None:
+        """The end of the chain: nothing of its own to check."""
 
     def validate(self, prefix: str) -> None:
         self.checks(prefix)
@@ -101,6 +105,7 @@ class TrainingConfig(Validated):
     trainer: dict[str, Any] = field(default_factory=dict)
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"{prefix}.learning_rate",
                 "must be a positive number", self.learning_rate)
         require(self.max_steps == -1 or self.max_steps >= 1, f"{prefix}.max_steps",
@@ -129,6 +134,7 @@ class TrainingSamplingConfig(Validated):
     require_finished: bool = True  # drop samples cut off by max_new_tokens: training would add an EOS they never had
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(math.isfinite(self.temperature) and self.temperature > 0, f"{prefix}.temperature",
                 "must be > 0 (several samples at temperature 0 would all be the greedy output)", self.temperature)
         require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]", self.top_p)
@@ -155,6 +161,7 @@ class StartingPointConfig(Validated):
     sft: TrainingConfig = field(default_factory=TrainingConfig)  # the SFT stage's keys when starting_point=sft
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.starting_point in STARTING_POINTS, f"{prefix}.starting_point",
                 f"must be one of {list(STARTING_POINTS)}", self.starting_point)
 
@@ -174,11 +181,27 @@ class DecoderConfig(Validated):
     # problems than greedy and beam search in the same sweep (the report pairs comparisons on common problems)
     max_problems: int | None = None
 
+    # Keys this decoder's label always shows; any other key appears only when it differs from its default.
+    # Keys shown in the label even at their defaults (a decoder's defining keys: beam's width, say).
+    LABEL_KEYS: ClassVar[tuple[str, ...]] = ()
+    # Keys that do not change which outputs are chosen (batching, memory, the extra greedy pass and the
+    # Monte-Carlo draws of best-of-N's reference curve): left out of labels.
+    LABEL_OMITS: ClassVar[tuple[str, ...]] = ("name", "max_new_tokens", "prompts_per_batch", "gpu_memory_utilization",
+                                              "greedy_reference", "curve_draws")
+
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
         require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
         require(self.max_problems is None or self.max_problems >= 1, f"{prefix}.max_problems",
                 "must be >= 1, or null for the whole test split", self.max_problems)
+
+    def label(self) -> str:
+        """A short label for tables and run names: `bon(selector=logprob, samples_per_prompt=16, temperature=1.0)`."""
+        defaults = type(self)()
+        shown = {key: value for key, value in vars(self).items()
+                 if key not in self.LABEL_OMITS and (key in self.LABEL_KEYS or value != getattr(defaults, key, None))}
+        return self.name + (f"({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else "")
 
 
 @dataclass
@@ -200,6 +223,7 @@ class DatasetConfig(Validated):
     max_new_tokens: int = 512
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"{prefix}.{key}", "must be >= 1 or null", value)
@@ -228,6 +252,7 @@ class LoraSettings(Validated):
     checkpoint: str = "merged"  # merged | adapter
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.rank >= 1, f"{prefix}.rank", "must be >= 1", self.rank)
         require(math.isfinite(self.alpha) and self.alpha > 0, f"{prefix}.alpha", "must be > 0", self.alpha)
         require(0 <= self.dropout < 1, f"{prefix}.dropout", "must be in [0, 1)", self.dropout)
@@ -256,6 +281,7 @@ class ModelConfig(Validated):
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.precision in ("auto", "fp32", "bf16", "fp16"), f"{prefix}.precision",
                 "must be one of auto, fp32, bf16, fp16", self.precision)
         require(self.attn_implementation is None or self.attn_implementation in ATTENTION_IMPLEMENTATIONS,
@@ -284,6 +310,7 @@ class WandbLoggerConfig(LoggerConfig):
     max_table_rows: int = 500
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.mode in ("offline", "online", "disabled"), f"{prefix}.mode",
                 "must be one of offline, online, disabled", self.mode)
         require(self.max_table_rows >= 0, f"{prefix}.max_table_rows", "must be >= 0", self.max_table_rows)
@@ -317,6 +344,7 @@ class EvaluationConfig(Validated):
     premises: bool = True
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.sequences_per_forward >= 1, f"{prefix}.sequences_per_forward", "must be >= 1",
                 self.sequences_per_forward)
 

@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from framework.results import JobResult
+
 DEFAULT_PROJECT = "reasoning-posttrain"
 DEFAULT_BON_SIZES = (1, 2, 4, 8, 16)
 NO_EXTRA = "the dashboard needs wandb-workspaces: pip install -e '.[report]'"
@@ -42,8 +44,8 @@ def bon_sizes_from_sweep(sweep_dir: Path) -> tuple[int, ...]:
     sizes = set()
     for file in Path(sweep_dir).rglob("results.json"):
         try:
-            sizes |= {int(n) for n in json.loads(file.read_text())["metrics"].get("bon_accuracy_by_n", {})}
-        except (OSError, ValueError, KeyError):  # a job killed mid-write: nothing to learn from it
+            sizes |= {int(n) for n in JobResult.read(file).metrics.get("bon_accuracy_by_n", {})}
+        except (OSError, ValueError):  # a job killed mid-write: nothing to learn from it
             continue
     return tuple(sorted(sizes))
 

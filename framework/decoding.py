@@ -1,23 +1,28 @@
 """Decoders: greedy, temperature sampling, beam search (and best-of-N in bon.py), each a `Request` to the
 run's generation engine (framework/generation.py) plus which candidates count as its answer.
 
-Every decoder returns, per prompt, its candidates (text, generated tokens, sequence log-probability under
-the model at temperature 1) and the chosen ones: the one greedy/beam output, or every sample for `sample`
-(whose accuracy is then the expected accuracy of one sample). Log-probabilities come from the logits
-generation computes anyway, not from a second forward pass.
+Every decoder returns a `Decoding`: per prompt, its candidates (text, generated tokens, sequence
+log-probability under the model at temperature 1) and the chosen ones: the one greedy/beam output, or every
+sample for `sample` (whose accuracy is then the expected accuracy of one sample); and, for a decoder that
+decodes a baseline beside its own outputs (best-of-N's greedy pass), the baseline's. Log-probabilities come
+from the logits generation computes anyway, not from a second forward pass.
+
+Evaluation (framework/evaluation.py) scores every decoder the same way, then hands the decoding and the
+checker's verdicts back to `Decoder.metrics` for what only that decoder measures (best-of-N's accuracy
+curve and lift over greedy); the base decoder measures nothing more. A decoder keeps no state between calls.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
 from framework import registry
 from framework.config import DecoderConfig, require
-from framework.generation import Candidate, Engine, Request
+from framework.engine import Candidate, Engine, Request
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,23 @@ class Decoded:
     chosen: list[int]  # indices of the candidates that count as the decoder's answer
 
 
+@dataclass
+class Decoding:
+    """What `Decoder.decode` returns for a list of prompts: each prompt's `outputs` (what evaluation scores)
+    and, from a decoder that decodes a baseline to compare with, each prompt's `reference` (None otherwise)."""
+
+    outputs: list[Decoded]
+    reference: list[Decoded] | None = None
+
+
+@dataclass
+class Correctness:
+    """The answer checker's verdict on every candidate of a `Decoding`: [prompt][candidate] -> correct."""
+
+    outputs: list[list[bool]]
+    reference: list[list[bool]] | None = None
+
+
 # ---------------------------------------------------------------------------- configs
 @dataclass
 class GreedyConfig(DecoderConfig):
@@ -36,6 +58,7 @@ class GreedyConfig(DecoderConfig):
 
 @dataclass
 class SampleConfig(DecoderConfig):
+    LABEL_KEYS: ClassVar[tuple[str, ...]] = ("samples_per_prompt", "temperature")
     name: str = "sample"
     temperature: float = 1.0
     top_p: float = 1.0
@@ -53,6 +76,7 @@ class SampleConfig(DecoderConfig):
 
 @dataclass
 class BeamConfig(DecoderConfig):
+    LABEL_KEYS: ClassVar[tuple[str, ...]] = ("num_beams",)
     name: str = "beam"
     num_beams: int = 5  # beam width; 1 is greedy. 5: the SOC paper's main width
     length_penalty: float = 1.0  # beam score = sum log-prob / length**length_penalty (transformers' convention)
@@ -88,10 +112,18 @@ class Decoder:
     def choose(self, candidates: list[Candidate]) -> list[int]:
         return [0]
 
-    def decode(self, engine: Engine, prompts: list[str], progress: bool = True) -> list[Decoded]:
+    def decode(self, engine: Engine, prompts: list[str], progress: bool = True) -> Decoding:
+        return Decoding(self.decode_outputs(engine, prompts, progress))
+
+    def decode_outputs(self, engine: Engine, prompts: list[str], progress: bool = True) -> list[Decoded]:
+        """One `generate` call over `prompts` with `request()`, and the chosen candidates of each."""
         outputs = engine.generate(prompts, self.request(), seed=self.seed, prompts_per_batch=self.config.prompts_per_batch,
                                   progress=progress)
         return [Decoded(candidates, self.choose(candidates)) for candidates in outputs]
+
+    def metrics(self, decoding: Decoding, correct: Correctness) -> dict:
+        """What this decoder measures beyond `evaluation.score`'s metrics of every decoder: nothing here."""
+        return {}
 
 
 @registry.decoders.register("greedy", GreedyConfig)

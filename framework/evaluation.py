@@ -1,16 +1,14 @@
 """Score a decoder's outputs on the test split: accuracy with a 95% interval, pass@k, lengths, log-probs.
 
 Accuracy averages, over problems, the correctness of the candidates the decoder chose (one for
-greedy/beam; every sample for `sample`, i.e. the expected accuracy of a single sample).
+greedy/beam; every sample for `sample`, i.e. the expected accuracy of a single sample). What only one
+decoder measures (best-of-N's curve) comes from that decoder's `metrics` (framework/decoding.py).
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Callable
 
-from framework.decoding import Decoded
+from framework.decoding import Correctness, Decoded, Decoder, Decoding
 
 Z_95 = 1.959963984540054
 
@@ -61,21 +59,31 @@ def pass_k_values(num_samples: int) -> list[int]:
     return values if num_samples in values else values + [num_samples]
 
 
-def score(problems, decoded: list[Decoded], checker,
-          selector_curve: Callable[[list[Decoded], list[list[bool]]], dict] | None = None) -> tuple[dict, list[dict]]:
-    """Metrics and one record per candidate. `problems` has question/prompt/gold_answer columns.
+def chosen_accuracy(decoded: list[Decoded], correct: list[list[bool]]) -> float:
+    """`score`'s accuracy: the mean over problems of the share of chosen candidates that are correct."""
+    return mean_interval(_chosen_shares(decoded, correct))[0]
 
-    `selector_curve(decoded, correct)`, given each problem's per-candidate correctness, returns extra
-    metrics of a decoder that picks among samples (BoN's accuracy against the number of samples).
-    """
-    per_problem, per_problem_flexible, records = [], [], []
+
+def _chosen_shares(decoded: list[Decoded], correct: list[list[bool]]) -> list[float]:
+    shares = []
+    for result, problem_correct in zip(decoded, correct):
+        chosen = set(result.chosen)
+        shares.append(sum(problem_correct[i] for i in chosen) / len(chosen))
+    return shares
+
+
+def score(problems, decoding: Decoding, checker, decoder: Decoder | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and one record per candidate of `decoding.outputs`. `problems` has question/prompt/gold_answer
+    columns. With the `decoder` that decoded them, its own `metrics` join, computed from the checker's
+    verdicts on the outputs and on `decoding.reference`."""
+    per_problem_flexible, records = [], []
     chosen_lengths, chosen_logprobs, truncated = [], [], 0
+    decoded = decoding.outputs
     samples_per_problem = {len(d.candidates) for d in decoded}
     correct_counts, correct_by_problem = [], []
     for index, (problem, result) in enumerate(zip(problems, decoded)):
         verdicts = [checker.check(candidate.text, problem["gold_answer"]) for candidate in result.candidates]
         chosen = set(result.chosen)
-        per_problem.append(sum(verdicts[i].correct for i in chosen) / len(chosen))
         per_problem_flexible.append(sum(verdicts[i].correct_flexible for i in chosen) / len(chosen))
         correct_counts.append(sum(v.correct for v in verdicts))
         correct_by_problem.append([v.correct for v in verdicts])
@@ -90,11 +98,11 @@ def score(problems, decoded: list[Decoded], checker,
                 "correct": verdict.correct, "correct_flexible": verdict.correct_flexible,
                 "logprob": candidate.logprob, "num_tokens": candidate.num_tokens, "finished": candidate.finished,
             })
-    accuracy, low, high = mean_interval(per_problem)
+    accuracy, low, high = mean_interval(_chosen_shares(decoded, correct_by_problem))
     metrics = {
         "accuracy": accuracy, "accuracy_ci_low": low, "accuracy_ci_high": high,
         "accuracy_flexible": sum(per_problem_flexible) / max(len(per_problem_flexible), 1),
-        "num_problems": len(per_problem),
+        "num_problems": len(correct_by_problem),
         "mean_tokens": sum(chosen_lengths) / max(len(chosen_lengths), 1),
         "mean_logprob": sum(chosen_logprobs) / max(len(chosen_logprobs), 1),
         "truncated_rate": truncated / max(len(chosen_lengths), 1),
@@ -102,8 +110,11 @@ def score(problems, decoded: list[Decoded], checker,
     if len(samples_per_problem) == 1 and (num_samples := samples_per_problem.pop()) > 1:
         for k in pass_k_values(num_samples):
             metrics[f"pass@{k}"] = sum(pass_at_k(num_samples, c, k) for c in correct_counts) / len(correct_counts)
-    if selector_curve is not None:
-        metrics.update(selector_curve(decoded, correct_by_problem))
+    if decoder is not None:
+        reference = None if decoding.reference is None else [
+            [checker.check(candidate.text, problem["gold_answer"]).correct for candidate in result.candidates]
+            for problem, result in zip(problems, decoding.reference)]
+        metrics.update(decoder.metrics(decoding, Correctness(correct_by_problem, reference)))
     return metrics, records
 
 
@@ -145,11 +156,3 @@ def optimism_diagnostics(records: list[dict], gold_logprobs: list[float]) -> dic
         "over_optimism_rate_among_wrong": sum(over) / max(sum(not r["correct"] for r in chosen), 1),
         "logprob_auroc": auroc([r["logprob"] for r in chosen], [r["correct"] for r in chosen]),
     }
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    temporary.replace(path)

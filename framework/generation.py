@@ -1,6 +1,7 @@
 """One generation engine for every stage that generates: the decoders, the sampled set, the rationale set,
 first-pit exploration. A stage asks an `Engine` for completions (text, token ids, log-probs) of its prompts
-under a `Request`; `engine=transformers` (default) or `engine=vllm` selects the engine (conf/engine/).
+under a `Request` (those types: framework/engine.py); `engine=transformers` (default) or `engine=vllm`
+(framework/vllm_backend.py) selects the engine (conf/engine/).
 
     with open_engine(model_handle, settings.engine, runtime) as engine:
         completions = engine.generate(prompts, Request(max_new_tokens=512, samples_per_prompt=4, temperature=1.0),
@@ -25,54 +26,16 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from framework import distributed
 from framework.config import EngineConfig, register_schema, require
+from framework.engine import Candidate, Engine, Request  # the engines' shared types; stages import them from here
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Candidate:
-    text: str
-    num_tokens: int  # generated tokens, counting the end-of-sequence token when one was produced
-    logprob: float  # sum of log pi(token | prefix) over those tokens, temperature 1
-    finished: bool  # ended with end-of-sequence (False: cut at max_new_tokens)
-    token_ids: list[int]  # the generated ids (those num_tokens), exactly as sampled
-
-
-@dataclass(frozen=True)
-class Request:
-    """How to continue each prompt: `samples_per_prompt` samples at `temperature` (0: greedy) and `top_p`,
-    or beam search of width `num_beams` (score = sum log-prob / length^length_penalty; the top beam)."""
-
-    max_new_tokens: int
-    samples_per_prompt: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-
-    @property
-    def samples(self) -> bool:
-        return self.temperature > 0
-
-    @property
-    def beam(self) -> bool:
-        return self.num_beams > 1
-
-
-class Engine(Protocol):
-    def generate(self, prompts: Sequence[str], request: Request, *, seed: int, keys: Sequence[int] | None = None,
-                 prompts_per_batch: int = 32, progress: bool = True) -> list[list[Candidate]]:
-        """Candidates of every prompt (samples_per_prompt of them; one for greedy and beam). `keys`: each
-        prompt's stable identity within its stage (default: its position), which its samples' noise uses."""
-
-    def close(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------- engine configs
@@ -222,6 +185,10 @@ class TransformersEngine:
         if self.config.compile:
             model.forward = torch.compile(model.forward, dynamic=True)
 
+    @property
+    def transformers_model(self):
+        return self.model
+
     def close(self) -> None:
         self.model = None
 
@@ -366,6 +333,10 @@ class ShardedEngine:
         self.calls += 1
         return generate_sharded(self.engine, prompts, request, seed=seed, keys=keys,
                                 prompts_per_batch=prompts_per_batch, shard_dir=directory, progress=progress)
+
+    @property
+    def transformers_model(self):
+        return self.engine.transformers_model
 
     def close(self) -> None:
         self.engine.close()

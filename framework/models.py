@@ -136,7 +136,7 @@ def build_tiny(config: TinyModelConfig, stages, runtime: Runtime) -> ModelHandle
     spec = {key: value for key, value in vars(config).items() if key != "precision"}
     spec["tiny_version"] = tiny.TINY_VERSION
     spec["generator_version"] = arith.GENERATOR_VERSION
-    with stages.open("base-tiny", spec, collective=True, code=(__name__, "framework.tiny")) as stage:  # pretraining: every process takes part
+    with stages.open("base-tiny", spec, collective=True, code=(__name__, "framework.tiny"), shared=True) as stage:  # pretraining: every process takes part
         if not stage.done:
             log.info("building the tiny base model (once; cached in %s)", stage.dir)
             tokenizer = tiny.build_tokenizer()
@@ -181,7 +181,7 @@ def _resolve_location(name_or_path: str) -> str:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ConfigError(f"model.name_or_path: package {package!r} is not installed "
-                              f"(see the README's optional extras)")
+                              f"(model=smollm2_gguf: docs/configuration.md, the config reference)")
         return list(spec.submodule_search_locations)[0]
     return os.path.expanduser(name_or_path)
 
@@ -231,7 +231,7 @@ def _dequantized_gguf(location: str, load_kwargs: dict, fingerprint: dict, stage
         raise ConfigError(f"model.gguf_file: no file {load_kwargs['gguf_file']!r} in {location}")
     stat = file.stat()
     spec = {**fingerprint, "gguf_bytes": stat.st_size, "gguf_mtime_ns": stat.st_mtime_ns}
-    with stages.open("base-gguf", spec, code=__name__) as stage:
+    with stages.open("base-gguf", spec, code=__name__, shared=True) as stage:
         if not stage.done:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 

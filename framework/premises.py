@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from framework.bon import SELECTOR_NAMES, select
+from framework.self_reward import SELECTOR_NAMES, select
 
 
 def _gold_by_prompt(train) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Name -> plugin tables for algorithms, datasets, decoders and models.
 
 A plugin module registers itself at import time with a decorator that also stores its config schema
-in Hydra's ConfigStore. `load_plugins()` imports the built-in modules and every module advertised by
+in Hydra's ConfigStore. `load_plugins()` imports the built-in modules (every module of
+framework/algorithms/ among them, so a new method needs no list entry) and every module advertised by
 an installed package under the entry-point group `framework.plugins`, so `algorithm=<name>` works for
 an external method without touching this repository. Nothing is ever instantiated from a `_target_`
 string in a config file: plugins are code the user installed, looked up by name.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from importlib.metadata import entry_points
 from typing import Callable, Generic, TypeVar
 
@@ -25,16 +27,10 @@ BUILTIN_MODULES = (
     "framework.generation",
     "framework.decoding",
     "framework.bon",
-    "framework.algorithms.none",
-    "framework.algorithms.sft",
-    "framework.algorithms.bon_sft",
-    "framework.algorithms.dpo",
-    "framework.algorithms.soc",
-    "framework.algorithms.xpo",
-    "framework.algorithms.rft",
-    "framework.algorithms.outcome_dpo",
-    "framework.algorithms.self_explore",
 )
+# Every module of this package is imported: a method there is its module and its YAML, nothing to list.
+# (The shared blocks beside the methods register nothing; importing them is harmless.)
+ALGORITHMS_PACKAGE = "framework.algorithms"
 
 T = TypeVar("T")
 
@@ -57,10 +53,10 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name]!r}")
             register_schema(self.group, name, schema, as_option=as_option)
-            if label_free:
-                obj.label_free = True  # type: ignore[attr-defined]
-            if not trains:
-                obj.trains = False  # type: ignore[attr-defined]
+            if self.group == "algorithm":  # what the launcher asks of every algorithm, set on each
+                obj.label_free, obj.trains = label_free, trains  # type: ignore[attr-defined]
+            elif label_free or not trains:
+                raise ValueError(f"label_free and trains describe algorithms, not a {self.kind}")
             self._entries[name] = obj
             return obj
 
@@ -93,6 +89,9 @@ def load_plugins() -> None:
     register_base_schemas()
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    package = importlib.import_module(ALGORITHMS_PACKAGE)
+    for module in sorted(info.name for info in pkgutil.iter_modules(package.__path__)):
+        importlib.import_module(f"{ALGORITHMS_PACKAGE}.{module}")
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry_point.load()

@@ -28,7 +28,7 @@ fingerprint hashes the source of the modules the stage names (`code=`, e.g. the 
 every framework module they import, statically and transitively (except imports under `if TYPE_CHECKING:`
 and the storage/dispatch/logging modules in INFRASTRUCTURE), plus the versions of the libraries that
 compute (COMPUTING_LIBRARIES). Editing a loss in soc.py therefore retrains SOC (and re-evaluates it: the
-evaluation keys on the trained model's key), while the report, the plots, the README or another method's
+evaluation keys on the trained model's key), while the report, the plots, the docs or another method's
 module leave it alone. Upstream stages are covered by their keys: a change to the rationale rules changes
 the keys of the stages built on the rationale set, and so of the models trained on them.
 """
@@ -59,7 +59,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding f
 # Modules that store, lock, dispatch and log stages but compute no output: left out of (and not followed by)
 # code fingerprints, so that editing them does not throw every cached model away.
 INFRASTRUCTURE = ("framework.stages", "framework.distributed", "framework.registry", "framework.errors",
-                  "framework.tracking")
+                  "framework.tracking", "framework.results", "framework.paths")
 # the libraries whose code computes stage outputs (training loops, losses, generation, answer checking)
 COMPUTING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "math-verify")
 
@@ -262,22 +262,36 @@ class StageStore:
         self.root = Path(os.path.expanduser(str(root))).resolve()
         self.reuse = reuse
         self._ledger: dict[str, dict] = {}
+        self._shared: set[str] = set()  # ledger ids of the stages opened with shared=True
 
     def compute_ledger(self) -> list[dict]:
-        """Every finished stage this store opened (computed here or reused), with the compute it cost when
-        it was computed (`compute` in its stage.json): what a job's model and evaluation rest on."""
+        """Every finished stage this store opened (computed here or reused), in the order they finished, with
+        the compute it cost when it was computed (`compute` in its stage.json): what a job's model and
+        evaluation rest on."""
         return list(self._ledger.values())
 
+    def compute_spent(self, entries: list[dict] | None = None) -> dict:
+        """What a model cost, summed over the ledger `entries` it rests on (default: the whole ledger),
+        whether computed now or reused; shared stages are listed under `stages` but not summed."""
+        entries = self.compute_ledger() if entries is None else entries
+        own = [entry for entry in entries if f"{entry['kind']}/{entry['key']}" not in self._shared]
+        total = lambda key: sum(entry.get(key) or 0 for entry in own)
+        return {"train_tokens": total("train_tokens"), "train_seconds": total("train_seconds"),
+                "stage_seconds": total("seconds"), "sampling_generated_tokens": total("generated_tokens"),
+                "exploration_rollouts": total("rollouts"), "stages": entries}
+
     @contextmanager
-    def open(self, kind: str, spec: dict, collective: bool = False,
-             code: str | Sequence[str] = (), processes_in_key: bool | None = None) -> Iterator[Stage]:
+    def open(self, kind: str, spec: dict, collective: bool = False, code: str | Sequence[str] = (),
+             processes_in_key: bool | None = None, shared: bool = False) -> Iterator[Stage]:
         """The stage for (kind, spec, code), noted in the compute ledger once finished (see `_open`).
 
         `code`: the module(s) that compute the stage (usually the caller's `__name__`); their import
         closure's fingerprint joins the spec (module docstring). Every framework call site names it.
         `processes_in_key` (default: `collective`): the number of processes joins the key, as it must for
         training (it sets the global batch); generation that splits across processes gives the same
-        artifact for any number, so it passes False."""
+        artifact for any number, so it passes False. `shared`: every method's model rests on this stage
+        alike (the starting model) or it trains nothing (evaluation), so `compute_spent` leaves it out of
+        a method's sums."""
         opened_at = time.time()
         if code:
             spec = {**spec, "code": code_fingerprint(code)}
@@ -286,7 +300,10 @@ class StageStore:
             yield stage
         if stage.done:
             compute = stage.metadata().get("compute", {})
-            self._ledger.setdefault(f"{kind}/{stage.key}", {"kind": kind, "key": stage.key, **compute})
+            entry_id = f"{kind}/{stage.key}"
+            self._ledger.setdefault(entry_id, {"kind": kind, "key": stage.key, **compute})
+            if shared:
+                self._shared.add(entry_id)
 
     @contextmanager
     def _open(self, kind: str, spec: dict, collective: bool = False, processes_in_key: bool = True) -> Iterator[Stage]:

@@ -31,11 +31,11 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 from framework.errors import ConfigError
-from framework.generation import Candidate, Request
+from framework.engine import Candidate, Request
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install -e '.[vllm]' (a CPU-only machine: the vLLM test tier's environment, README)"
+INSTALL_HINT = "pip install -e '.[vllm]' (a CPU-only machine: the vLLM test tier's environment, docs/testing.md)"
 # torch dtype name -> vLLM's `dtype` argument
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # vLLM refuses requests for more log-probs per token than this engine setting (its default is 20)
@@ -104,6 +104,10 @@ class VLLMEngine:
 
     def __init__(self, llm, tokenizer, eos: list[int], per_request_seed: bool):
         self.llm, self.tokenizer, self.eos_ids, self.per_request_seed = llm, tokenizer, eos, per_request_seed
+
+    @property
+    def transformers_model(self) -> None:
+        return None  # vLLM holds the weights in its own engine
 
     def close(self) -> None:
         llm, self.llm = self.llm, None

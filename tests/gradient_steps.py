@@ -70,7 +70,7 @@ def _fake_xpo_sample(self, model, prompt_ids, prompt_mask):
 
 def make_trainer(method: str, batch: int, accumulation: int, workdir: Path):
     from framework.algorithms.dpo import SquaredSharpeningDPOTrainer
-    from framework.algorithms.sft import SFTAlgorithmConfig, make_sft_trainer
+    from framework.algorithms.sft_stage import SFTAlgorithmConfig, make_sft_trainer
     from framework.algorithms.soc import SOCConfig, SOCTrainer
     from framework.algorithms.training import trainer_arguments
     from framework.algorithms.xpo import XPOConfig, make_xpo_trainer
@@ -104,10 +104,11 @@ def make_trainer(method: str, batch: int, accumulation: int, workdir: Path):
         ctx = _context(workdir, None)
         made = []
         original = preference.train_in_stage
-        preference.train_in_stage = lambda ctx, kind, spec, make, start, metadata, code: made.append(make(checkpoints))
+        preference.train_in_stage = lambda ctx, kind, spec, make, *, code, start, metadata: made.append(make(checkpoints))
         try:
-            preference.train_dpo_on_pairs(ctx, "test", ctx.base, _pairs(ctx.data),
-                                          PreferenceTrainingConfig(**keys, beta=0.5), "pairs")
+            config = PreferenceTrainingConfig(**keys, beta=0.5)
+            preference.train_dpo(ctx, "test", {"pairs": "pairs"}, ctx.base, _pairs(ctx.data), config,
+                                 rejected_eos=config.rejected_eos, code=__name__)
         finally:
             preference.train_in_stage = original
         return made[0]

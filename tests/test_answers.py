@@ -7,7 +7,7 @@ from framework.data.answers import NumericAnswerChecker, extract_flexible, extra
     ("1,234", "1234"), ("$5.00", "5"), ("7.", "7"), ("-3", "-3"), ("0.50", "0.5"), ("-0", "0"), ("abc", None),
     ("", None), (None, None),
 ])
-def test_normalize_number(text, expected):
+def test_normalize_number_matches_hand_written_canonical_forms(text, expected):
     assert normalize_number(text) == expected
 
 
@@ -21,7 +21,7 @@ def test_normalize_number(text, expected):
     ("#### ", None),
     ("#### x 5", None),  # the number must come right after the mark
 ])
-def test_extract_strict(text, expected):
+def test_strict_extraction_reads_only_the_final_answer_line(text, expected):
     assert extract_strict(text) == expected
 
 
@@ -109,7 +109,7 @@ def test_math500_answers_of_other_problems_are_rejected(math500):
     ("\\boxed{}", None),
     ("no box at all", None),
 ])
-def test_last_boxed(text, expected):
+def test_last_boxed_returns_the_last_balanced_boxed_argument(text, expected):
     assert last_boxed(text) == expected
 
 
@@ -128,7 +128,7 @@ def test_last_boxed(text, expected):
     ("3", "4", False),
     ("\\frac{3}{4}", "\\frac{4}{3}", False),
 ])
-def test_math_equivalence(gold, answer, equal):
+def test_math_checker_judges_equivalent_forms_equal_and_others_not(gold, answer, equal):
     checker = MathAnswerChecker()
     verdict = checker.check(f"Therefore the answer is $\\boxed{{{answer}}}$.", gold)
     assert verdict.extracted == answer and verdict.correct is equal and verdict.correct_flexible is equal
@@ -180,7 +180,7 @@ def test_math_timeout_must_be_positive():
     ("A, C", "AC"), ("C A", "AC"), ("ACD", "ACD"), ("A and D", "AD"),
     ("F", None), ("AA", None), ("Both", None), ("x", None),
 ])
-def test_option_letters(text, expected):
+def test_option_letters_finds_the_answer_letters_in_the_output(text, expected):
     assert option_letters(text, "ABCDE") == expected
 
 
@@ -195,7 +195,7 @@ def test_option_letters(text, expected):
     ("The answer is True.", None, "A"),
     ("A wumpus is a dumpus.", None, None),  # a capital A starting a sentence is no answer
 ])
-def test_letter_checker(output, strict, flexible):
+def test_letter_checker_maps_words_to_letters_only_when_flexible(output, strict, flexible):
     checker = LetterAnswerChecker("AB", {"True": "A", "False": "B"})
     verdict = checker.check(output, "B")
     assert (verdict.extracted, verdict.extracted_flexible) == (strict, flexible)

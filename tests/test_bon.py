@@ -8,14 +8,15 @@ import pytest
 
 from conftest import PROMPTS
 
-from framework.bon import (BoNConfig, BoNDecoder, expected_accuracy_of_argmax, lift_over_greedy, select_length_norm,
-                           select_logprob, select_majority, subsampled_accuracy)
+from framework.bon import (BoNConfig, BoNDecoder, expected_accuracy_of_argmax, lift_metrics, lift_over_greedy,
+                           subsampled_accuracy)
 from framework.config import to_validated
 from framework.data.answers import NumericAnswerChecker
-from framework.decoding import Candidate, Decoded, GreedyConfig, GreedyDecoder, SampleConfig, SampleDecoder
+from framework.decoding import Candidate, Decoded, Decoding, GreedyConfig, GreedyDecoder, SampleConfig, SampleDecoder
 from framework.generation import TransformersEngine
 from framework.errors import ConfigError
 from framework.evaluation import score
+from framework.self_reward import select_length_norm, select_logprob, select_majority
 
 
 def _candidate(logprob, tokens, text="x"):
@@ -117,16 +118,17 @@ def test_monte_carlo_curve_is_seeded_and_close_to_exact():
 def _majority_problem():
     # answers 5, 7, 5 with gold 5; log-probs -3, -1, -2
     candidates = [_candidate(-3.0, 2, "#### 5"), _candidate(-1.0, 2, "#### 7"), _candidate(-2.0, 2, "#### 5")]
-    return [{"question": "q", "gold_answer": "5"}], [Decoded(candidates, [])]
+    return [{"question": "q", "gold_answer": "5"}], Decoding([Decoded(candidates, [])])
 
 
 def test_majority_curve_enumerates_small_subsets_exactly():
     # N'=1: 2/3. N'=2: {0,1} 1-1 votes, sums -3 < -1 -> "7" wrong; {0,2} "5" right; {1,2} -1 > -2 -> "7"
     # wrong: 1/3. N'=3: "5" has 2 votes: right. (log-prob BoN at N'=3 picks 1: wrong.)
-    problems, decoded = _majority_problem()
+    problems, decoding = _majority_problem()
     decoder = BoNDecoder(BoNConfig(selector="majority", curve_draws=5), answer_extractor=NumericAnswerChecker().extract)
-    decoded[0].chosen = decoder.choose(decoded[0].candidates)
-    metrics, records = score(problems, decoded, NumericAnswerChecker(), selector_curve=decoder.accuracy_curve)
+    decoding.outputs[0].chosen = decoder.choose(decoding.outputs[0].candidates)
+    metrics, records = score(problems, decoding, NumericAnswerChecker(), decoder)
+    assert "greedy_accuracy" not in metrics  # no greedy reference decoded, none reported
     assert list(metrics["bon_accuracy_by_n"]) == ["1", "2", "3"]
     assert [metrics["bon_accuracy_by_n"][n] for n in ("1", "2", "3")] == pytest.approx([2 / 3, 1 / 3, 1.0])
     assert metrics["accuracy"] == metrics["bon_accuracy_by_n"]["3"] == 1.0
@@ -134,21 +136,27 @@ def test_majority_curve_enumerates_small_subsets_exactly():
     assert [r["chosen"] for r in records] == [False, False, True]  # "5" wins; of 0 (-3) and 2 (-2), 2
 
 
-def test_lift_over_greedy():
+def test_lift_over_greedy_is_the_papers_relative_percent_and_none_at_zero():
     assert lift_over_greedy(0.6, 0.5) == pytest.approx(20.0)  # 100 * 0.1 / 0.5
     assert lift_over_greedy(0.4, 0.5) == pytest.approx(-20.0)
     assert lift_over_greedy(0.3, 0.0) is None
 
 
-def test_reference_metrics_score_the_greedy_pass():
-    problems, decoded = _majority_problem()
+def test_lift_metrics_along_the_curve():
+    assert lift_metrics(0.5, {"1": 0.25, "2": 0.5}, 1.0) == {
+        "greedy_accuracy": 1.0, "lift_over_greedy": -50.0, "lift_over_greedy_by_n": {"1": -75.0, "2": -50.0}}
+
+
+def test_score_judges_the_greedy_reference_for_the_lift():
+    # log-prob BoN picks candidate 1 ("7", wrong); the greedy reference says 5 (right): accuracy 0 against 1
+    problems, decoding = _majority_problem()
     decoder = BoNDecoder(BoNConfig())
-    assert decoder.reference_metrics(problems, NumericAnswerChecker(), {"accuracy": 1.0}) == {}  # nothing decoded
-    decoder.greedy_decoded = [Decoded([_candidate(-1.0, 2, "#### 5")], [0])]
-    reference = decoder.reference_metrics(problems, NumericAnswerChecker(),
-                                          {"accuracy": 0.5, "bon_accuracy_by_n": {"1": 0.25, "2": 0.5}})
-    assert reference == {"greedy_accuracy": 1.0, "lift_over_greedy": -50.0,
-                         "lift_over_greedy_by_n": {"1": -75.0, "2": -50.0}}
+    decoding.outputs[0].chosen = decoder.choose(decoding.outputs[0].candidates)
+    decoding.reference = [Decoded([_candidate(-1.0, 2, "#### 5")], [0])]
+    metrics, records = score(problems, decoding, NumericAnswerChecker(), decoder)
+    assert metrics["accuracy"] == 0.0 and metrics["greedy_accuracy"] == 1.0 and metrics["lift_over_greedy"] == -100.0
+    assert metrics["lift_over_greedy_by_n"]["3"] == -100.0
+    assert len(records) == 3  # the reference's outputs are no generations of the run
 
 
 # ---------------------------------------------------------------------------- config checks
@@ -186,24 +194,24 @@ def test_bon_decode_picks_the_highest_logprob_sample(model_and_tokenizer):
     engine = TransformersEngine(*model_and_tokenizer)
     settings = dict(max_new_tokens=10, prompts_per_batch=2, samples_per_prompt=3)
     decoder = BoNDecoder(BoNConfig(**settings), seed=1)
-    results = decoder.decode(engine, PROMPTS, progress=False)
-    samples = SampleDecoder(SampleConfig(**settings), seed=1).decode(engine, PROMPTS, progress=False)
-    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, progress=False)
-    for result, sampled in zip(results, samples):
+    decoding = decoder.decode(engine, PROMPTS, progress=False)
+    samples = SampleDecoder(SampleConfig(**settings), seed=1).decode(engine, PROMPTS, progress=False).outputs
+    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, progress=False).outputs
+    for result, sampled in zip(decoding.outputs, samples):
         logprobs = [candidate.logprob for candidate in result.candidates]
         assert len(logprobs) == 3 and result.chosen == [logprobs.index(max(logprobs))]
         # the same seed draws the same samples as decoder=sample: BoN only adds the choice
         assert [c.text for c in result.candidates] == [c.text for c in sampled.candidates]
-    assert [r.candidates[0].text for r in decoder.greedy_decoded] == [r.candidates[0].text for r in greedy]
+    assert [r.candidates[0].text for r in decoding.reference] == [r.candidates[0].text for r in greedy]
 
 
 def test_bon_majority_decode_without_greedy_reference(model_and_tokenizer):
     extract = NumericAnswerChecker().extract
     decoder = BoNDecoder(BoNConfig(max_new_tokens=8, samples_per_prompt=3, selector="majority",
                                    greedy_reference=False), answer_extractor=extract)
-    results = decoder.decode(TransformersEngine(*model_and_tokenizer), PROMPTS, progress=False)
-    assert decoder.greedy_decoded is None
-    for result in results:
+    decoding = decoder.decode(TransformersEngine(*model_and_tokenizer), PROMPTS, progress=False)
+    assert decoding.reference is None
+    for result in decoding.outputs:
         answers = [extract(candidate.text) for candidate in result.candidates]
         assert result.chosen == [select_majority(result.candidates, answers)]
 

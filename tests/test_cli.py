@@ -57,6 +57,7 @@ UNKNOWN = "unknown key; {option} has no such key (python -m framework --cfg job 
     ("misspelt key", ["algorithm.learning_rte=1e-5"],
      "error: algorithm.learning_rte: unknown key (did you mean algorithm.learning_rate?); algorithm=sft has no such"),
 ])
+@pytest.mark.slow
 def test_bad_input_fails_fast_with_a_readable_message(tmp_path, case, overrides, expected):
     bad_rows = str(_bad_rows(tmp_path)) if any("{bad_rows}" in o for o in overrides) else ""
     overrides = [o.replace("{bad_rows}", bad_rows) for o in overrides]
@@ -67,6 +68,7 @@ def test_bad_input_fails_fast_with_a_readable_message(tmp_path, case, overrides,
     assert not (tmp_path / "cache").exists()  # nothing was built or trained
 
 
+@pytest.mark.slow
 def test_a_failed_sweep_job_does_not_stop_the_others_and_fails_the_sweep_in_one_line(tmp_path):
     result = launch(["-m", "algorithm=none", "decoder=beam", "decoder.num_beams=0,1", "decoder.max_new_tokens=16",
                      *[o for o in FAST if not o.startswith("decoder")], "hydra.sweep.dir=sweep"],
@@ -80,6 +82,7 @@ def test_a_failed_sweep_job_does_not_stop_the_others_and_fails_the_sweep_in_one_
     assert "0_none_beam_seed0" in report and "| none | beam(num_beams=1) |" in report
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_result_per_job_and_a_table(tmp_path):
     # `algorithm=none,sft` at full size is the README's command; presets keep SFT to two steps here.
     result = launch(["-m", f"hydra.searchpath=[file://{REPO}/tests/conf]", "experiment=fast_none,fast_sft",
@@ -94,6 +97,7 @@ def test_multirun_writes_one_result_per_job_and_a_table(tmp_path):
     assert "| algorithm | decoder |" in result.stdout and (tmp_path / "sweep" / "comparison.md").is_file()
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_with_the_same_command(tmp_path):
     cache = tmp_path / "cache"
     args = [*FAST, "algorithm.max_steps=60", "algorithm.save_steps=5", "algorithm.per_device_train_batch_size=8",

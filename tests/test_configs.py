@@ -73,6 +73,7 @@ def test_headline_changes_only_what_it_says_on_top_of_the_embedded_preset(compos
         == {k: v for k, v in plain["algorithm"].items() if k not in ("sft", "samples_per_prompt", "train_prompts")}
 
 
+@pytest.mark.slow
 def test_generation_lengths_follow_the_dataset_unless_set(compose_cfg):
     for dataset, tokens in (("gsm8k", 512), ("math", 1024), ("math500", 1024), ("gaokao2023en", 1024), ("arith", 96)):
         for algorithm in ("bon_sft", "xpo", "rft", "self_explore"):
@@ -84,6 +85,7 @@ def test_generation_lengths_follow_the_dataset_unless_set(compose_cfg):
     assert run.decoder.max_new_tokens == 300
 
 
+@pytest.mark.slow
 def test_the_cfg_job_check_shows_the_papers_learning_rate_and_512_new_tokens():
     import subprocess
     import sys
@@ -101,10 +103,11 @@ SWEEPS_DIR = Path(CONF_DIR) / "sweeps"
 SWEEPS = sorted(path.stem for path in SWEEPS_DIR.glob("*.yaml"))
 
 
-def test_there_are_sweep_files():
+def test_the_documented_sweep_files_exist():
     assert {"compare", "soc_beam_widths", "search_sft"} <= set(SWEEPS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_every_sweep_file_composes_with_every_swept_value(compose_cfg, sweep):
     """Each job of the sweep's grid composes and validates (one value of each key at a time); a search
@@ -250,7 +253,7 @@ def test_a_trainer_field_reaches_the_trl_config(tmp_path):
     from types import SimpleNamespace
 
     from framework.algorithms.training import trainer_arguments
-    from framework.algorithms.sft import SFTAlgorithmConfig
+    from framework.algorithms.sft_stage import SFTAlgorithmConfig
     from framework.models import Runtime
     from trl import SFTConfig
 
@@ -264,7 +267,7 @@ def test_a_trainer_field_reaches_the_trl_config(tmp_path):
 @pytest.mark.parametrize("group_option", [f"{g}/{o}" for g in ("algorithm", "decoder") for o in options(g)])
 def test_each_yaml_restates_its_schema_defaults(compose_cfg, group_option):
     """Without a preset and on a dataset whose generation length is the schemas' (GSM8K, 512), every option
-    YAML equals its schema's defaults: the numbers the README's defaults table cites are the ones that run."""
+    YAML equals its schema's defaults: the numbers docs/methods.md's defaults table cites are the ones that run."""
     group, option = group_option.split("/")
     node = getattr(to_validated(compose_cfg([f"{group}={option}", "experiment=none", "dataset=gsm8k", "model=hf",
                                              "model.name_or_path=/some/dir"])), group)

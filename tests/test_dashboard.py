@@ -9,6 +9,7 @@ pytest.importorskip("wandb_workspaces")
 import wandb_workspaces.workspaces as ws  # noqa: E402
 
 from framework.dashboard import bon_sizes_from_sweep, build_workspace, main, workspace_spec  # noqa: E402
+from framework.results import JobResult  # noqa: E402
 
 
 def _panels(workspace):
@@ -45,7 +46,8 @@ def test_workspace_spec_serialises_offline():
 def test_bon_sizes_come_from_the_sweep_results(tmp_path):
     for name, curve in (("a", {"1": 0.1, "2": 0.2}), ("b", {"1": 0.1, "4": 0.3})):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps({"metrics": {"bon_accuracy_by_n": curve}}))
+        JobResult(algorithm="none", decoder="bon", decoder_label="bon", dataset="arith", model="tiny", seed=0,
+                  metrics={"bon_accuracy_by_n": curve}).write(tmp_path / name / "results.json")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "results.json").write_text('{"metr')  # a job killed mid-write is skipped
     assert bon_sizes_from_sweep(tmp_path) == (1, 2, 4)

@@ -32,7 +32,7 @@ def teacher_forced_logprob(model, tokenizer, prompt: str, completion_ids: list[i
 ], ids=["greedy", "sample", "beam", "beam-length-penalty"])
 def test_sequence_logprobs_equal_teacher_forcing(model_and_tokenizer, decoder):
     model, tokenizer = model_and_tokenizer
-    results = decoder.decode(_engine(model_and_tokenizer), PROMPTS, progress=False)
+    results = decoder.decode(_engine(model_and_tokenizer), PROMPTS, progress=False).outputs
     assert len(results) == len(PROMPTS)
     request = decoder.request()
     for prompt, result in zip(PROMPTS, results):
@@ -49,7 +49,8 @@ def test_greedy_is_independent_of_batching(model_and_tokenizer):
     engine = _engine(model_and_tokenizer)
     batched = GreedyDecoder(GreedyConfig(max_new_tokens=10, prompts_per_batch=8)).decode(engine, PROMPTS, False)
     single = GreedyDecoder(GreedyConfig(max_new_tokens=10, prompts_per_batch=1)).decode(engine, PROMPTS, False)
-    assert [r.candidates[0].text for r in batched] == [r.candidates[0].text for r in single]
+    assert batched.reference is None  # a plain decoder decodes no baseline
+    assert [r.candidates[0].text for r in batched.outputs] == [r.candidates[0].text for r in single.outputs]
 
 
 def test_samples_are_independent_of_batching_and_follow_the_prompt_key(model_and_tokenizer):
@@ -67,28 +68,28 @@ def test_samples_are_independent_of_batching_and_follow_the_prompt_key(model_and
 def test_temperature_is_applied_while_logprobs_stay_at_temperature_one(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     engine = _engine(model_and_tokenizer)
-    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, False)
+    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, False).outputs
     cold = SampleDecoder(SampleConfig(max_new_tokens=10, temperature=1e-4, samples_per_prompt=2)).decode(
-        engine, PROMPTS, False)
+        engine, PROMPTS, False).outputs
     for g, c in zip(greedy, cold):
         assert all(candidate.text == g.candidates[0].text for candidate in c.candidates)
         assert c.candidates[0].logprob == pytest.approx(g.candidates[0].logprob, abs=1e-4)
 
 
-def test_sampling_is_seeded(model_and_tokenizer):
+def test_sampling_repeats_with_the_same_seed_and_differs_with_another(model_and_tokenizer):
     engine = _engine(model_and_tokenizer)
     config = SampleConfig(max_new_tokens=10, samples_per_prompt=2)
-    first = SampleDecoder(config, seed=1).decode(engine, PROMPTS, False)
-    again = SampleDecoder(config, seed=1).decode(engine, PROMPTS, False)
-    other = SampleDecoder(config, seed=2).decode(engine, PROMPTS, False)
+    first = SampleDecoder(config, seed=1).decode(engine, PROMPTS, False).outputs
+    again = SampleDecoder(config, seed=1).decode(engine, PROMPTS, False).outputs
+    other = SampleDecoder(config, seed=2).decode(engine, PROMPTS, False).outputs
     assert [c.text for r in first for c in r.candidates] == [c.text for r in again for c in r.candidates]
     assert [c.token_ids for r in first for c in r.candidates] != [c.token_ids for r in other for c in r.candidates]
 
 
 def test_beam_width_one_equals_greedy(model_and_tokenizer):
     engine = _engine(model_and_tokenizer)
-    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, False)
-    beam = BeamDecoder(BeamConfig(max_new_tokens=10, num_beams=1)).decode(engine, PROMPTS, False)
+    greedy = GreedyDecoder(GreedyConfig(max_new_tokens=10)).decode(engine, PROMPTS, False).outputs
+    beam = BeamDecoder(BeamConfig(max_new_tokens=10, num_beams=1)).decode(engine, PROMPTS, False).outputs
     assert [r.candidates[0].text for r in greedy] == [r.candidates[0].text for r in beam]
 
 

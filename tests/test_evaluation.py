@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from framework.decoding import Candidate, Decoded
+from framework.decoding import Candidate, Decoded, Decoding, SampleConfig, SampleDecoder
 from framework.data.answers import NumericAnswerChecker
 from framework.evaluation import mean_interval, pass_at_k, pass_k_values, score, wilson_interval
 
@@ -34,7 +34,7 @@ def test_pass_at_k_rejects_k_above_n():
         pass_at_k(2, 1, 3)
 
 
-def test_pass_k_values():
+def test_pass_k_grid_is_powers_of_two_up_to_n_and_n_itself():
     assert pass_k_values(1) == [1] and pass_k_values(4) == [1, 2, 4] and pass_k_values(6) == [1, 2, 4, 6]
 
 
@@ -45,7 +45,7 @@ def _candidate(text, logprob=-1.0, tokens=3):
 def test_score_single_answer_decoder():
     problems = [{"question": "q1", "gold_answer": "5"}, {"question": "q2", "gold_answer": "7"}]
     decoded = [Decoded([_candidate("#### 5", -2.0, 4)], [0]), Decoded([_candidate("it is 7", -4.0, 2)], [0])]
-    metrics, records = score(problems, decoded, NumericAnswerChecker())
+    metrics, records = score(problems, Decoding(decoded), NumericAnswerChecker())
     assert metrics["accuracy"] == 0.5 and metrics["accuracy_flexible"] == 1.0
     assert metrics["mean_tokens"] == 3.0 and metrics["mean_logprob"] == -3.0
     assert "pass@1" not in metrics
@@ -53,11 +53,19 @@ def test_score_single_answer_decoder():
     assert records[1]["extracted"] is None and records[1]["gold"] == "7"
 
 
+def test_a_decoder_without_metrics_of_its_own_adds_none():
+    problems = [{"question": "q", "gold_answer": "1"}]
+    decoding = Decoding([Decoded([_candidate("#### 1"), _candidate("#### 2")], [0, 1])])
+    alone, _ = score(problems, decoding, NumericAnswerChecker())
+    with_decoder, _ = score(problems, decoding, NumericAnswerChecker(), SampleDecoder(SampleConfig(samples_per_prompt=2)))
+    assert with_decoder == alone and set(alone) >= {"accuracy", "pass@2"}
+
+
 def test_score_samples_counts_every_sample_and_reports_pass_at_k():
     problems = [{"question": "q", "gold_answer": "1"}]
     decoded = [Decoded([_candidate("#### 1"), _candidate("#### 2"), _candidate("#### 3"), _candidate("#### 1")],
                        [0, 1, 2, 3])]
-    metrics, _ = score(problems, decoded, NumericAnswerChecker())
+    metrics, _ = score(problems, Decoding(decoded), NumericAnswerChecker())
     assert metrics["accuracy"] == 0.5
     assert metrics["pass@1"] == pytest.approx(0.5)
     assert metrics["pass@2"] == pytest.approx(1 - 1 / 6)

@@ -1,8 +1,10 @@
-"""framework/fidelity.py: the report's premises and fidelity sections, on hand-made sweeps."""
+"""framework/report/fidelity.py: the report's premises and fidelity sections, on hand-made sweeps."""
 import json
 from types import SimpleNamespace
 
-from framework import fidelity, report
+from framework.report import Run, aggregate, fidelity
+from framework.report.sweep import scores_from_rows
+from framework.results import JobResult
 
 
 def test_wrong_equation_finds_an_arithmetic_fact_stated_wrongly():
@@ -23,11 +25,11 @@ def _job(tmp_path, name, algorithm, decoder, seed, rows, **decoder_config):
     job = tmp_path / name
     job.mkdir()
     (job / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    scores = report._scores_from_rows(rows)
-    record = {"algorithm": algorithm, "decoder": decoder, "decoder_label": decoder, "dataset": "arith",
-              "model": "tiny", "seed": seed, "decoder_config": decoder_config, "job_dir": str(job),
-              "metrics": {"accuracy": sum(scores.values()) / len(scores), "num_problems": len(scores)}}
-    return record
+    scores = scores_from_rows(rows)
+    result = JobResult(algorithm=algorithm, decoder=decoder, decoder_label=decoder, dataset="arith", model="tiny",
+                       seed=seed, decoder_config=decoder_config,
+                       metrics={"accuracy": sum(scores.values()) / len(scores), "num_problems": len(scores)})
+    return Run(result, job_dir=job)
 
 
 def _row(problem, correct, candidate=0, chosen=True, answer="1", logprob=-1.0, generation="#### 1"):
@@ -43,7 +45,7 @@ def test_premises_read_sample_accuracy_and_pass_at_n_from_the_sft_best_of_n_cand
     candidates = [(0, True), (0, True), (1, True), (1, False), (2, False), (2, True), (3, False), (3, False)]
     bon = _job(tmp_path, "b", "sft", "bon", 0, [_row(p, c, candidate=i % 2, chosen=i % 2 == 0)
                                                 for i, (p, c) in enumerate(candidates)], temperature=1.0)
-    cells = report.aggregate([greedy, bon], compare=False)
+    cells = aggregate([greedy, bon], compare=False)
     text = "\n".join(fidelity.premises_lines(cells))
     assert "| SFT greedy accuracy | 0.5 (seeds: 0.5) | in [0.40, 0.75] | yes |" in text
     assert "| SFT greedy errors that state an arithmetic fact wrongly | 0.5 of 2 |" in text
@@ -54,6 +56,6 @@ def test_premises_read_sample_accuracy_and_pass_at_n_from_the_sft_best_of_n_cand
 def test_majority_and_logprob_picks_are_recomputed_from_the_candidates(tmp_path):
     # one problem, 3 candidates: the highest log-prob says 2 (wrong), two others say 1 (right)
     rows = [_row(0, False, 0, True, "2", -0.1), _row(0, True, 1, False, "1", -1.0), _row(0, True, 2, False, "1", -2.0)]
-    cell = SimpleNamespace(runs=[{"seed": 0, "job_dir": str(_job(tmp_path, "b", "sft", "bon", 0, rows)["job_dir"])}])
+    cell = SimpleNamespace(runs=[_job(tmp_path, "b", "sft", "bon", 0, rows)])
     assert fidelity._selector_scores(cell, "logprob") == {0: {0: 0.0}}
     assert fidelity._selector_scores(cell, "majority") == {0: {0: 1.0}}

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import FAST, PROMPTS
 from framework.generation import Candidate, Request, ShardedEngine, TransformersEngine, generate_sharded
 
@@ -58,6 +60,7 @@ def _environment(cache):
     return env
 
 
+@pytest.mark.slow
 def test_a_killed_sampling_stage_resumes_from_its_shards_and_equals_an_uninterrupted_run(tmp_path):
     args = [sys.executable, "-m", "framework", *FAST, *SAMPLING, "hydra.run.dir=run"]
     cache = tmp_path / "cache"

@@ -21,6 +21,7 @@ def assert_same_update(first: dict, second: dict, relative: float = 1e-4) -> Non
     assert worst <= relative * scale, f"updates differ by {worst:.3g} (largest change {scale:.3g})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_accumulating_four_batches_of_eight_updates_like_one_batch_of_32(method, tmp_path):
     whole = one_step_update(method, 32, 1, tmp_path)

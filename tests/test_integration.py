@@ -201,7 +201,7 @@ def test_sft_starting_point_trains_the_sft_stage_once_and_shares_it(compose_cfg,
 def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg, experiment):
     """Under each preset, algorithm=sft and every method's SFT warm start have equal keys (one shared SFT
     model per seed), and SOC trains with SFT's keys (the two differ only in the loss)."""
-    from framework.algorithms.sft import SFTAlgorithmConfig
+    from framework.algorithms.sft_stage import SFTAlgorithmConfig
     from framework.config import TrainingConfig, to_validated
 
     from dataclasses import asdict, fields
@@ -242,8 +242,8 @@ def test_a_methods_control_is_sft_on_demonstrations_from_its_start_with_its_step
     assert record["spec"]["start"]["stage"] == "sft"
 
     results, missing = report.collect(tmp_path / "sweep")
-    assert sorted(r["algorithm"] for r in results) == ["dpo", "dpo", "dpo control"] and not missing
-    cells = report.aggregate([r for r in results if r["job_dir"].endswith(("1", "control"))], resamples=200)
+    assert sorted(r.method_label for r in results) == ["dpo", "dpo", "dpo control"] and not missing
+    cells = report.aggregate([r for r in results if r.job_dir.name in ("1", "control")], resamples=200)
     by_method = {cell.algorithm: cell for cell in cells}
     assert by_method["dpo"].control_comparison is not None and by_method["dpo control"].control_comparison is None
 

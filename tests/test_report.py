@@ -11,9 +11,12 @@ import pytest
 
 from framework.evaluation import mean_interval, pass_at_k, wilson_interval
 from framework.report import (
-    aggregate, check_against_generations, collect, collect_wandb, holm, main, markdown, missing_job_lines,
-    paired_bootstrap, recompute_from_generations, seed_problem_interval, width_table, write_report,
+    ReportError, Run, aggregate, check_against_generations, collect, collect_wandb, holm, job_table_markdown,
+    missing_job_lines, paired_bootstrap, recompute_from_generations, seed_problem_interval, width_table,
+    write_report,
 )
+from framework.report.__main__ import main
+from framework.results import JobResult
 
 
 def _job(root, name, algorithm, width, seed, correct, over_optimism=0.0, length_penalty=None, algorithm_config=None):
@@ -40,7 +43,7 @@ def test_width_table_pools_seeds_per_problem_and_reports_regret(tmp_path):
     _job(tmp_path, "d", "sft", 4, 1, [1, 0, 0, 0], over_optimism=0.25)
     (tmp_path / "e" / ".hydra").mkdir(parents=True)  # a job that died before writing results
     results, missing = collect(tmp_path)
-    assert missing == ["e"] and "Jobs without results" in markdown(results, missing)
+    assert missing == ["e"] and "Jobs without results" in job_table_markdown(results, missing)
     table = width_table(results)
     # width 1: per-problem means over seeds (1, .5, 0, 0) -> 37.5%; width 4: (1, 0, 0, 0) -> 25.0%
     assert "| sft | mean log-prob | 37.5 [" in table and "| 25.0 [" in table
@@ -63,8 +66,8 @@ def test_jobs_of_one_method_with_different_keys_are_not_pooled(tmp_path):
     _job(tmp_path, "b", "xpo", 1, 0, [0, 0, 0, 0], algorithm_config=config(0.1))
     _job(tmp_path, "c", "xpo", 1, 1, [1, 0, 0, 0], algorithm_config=config(0.1))
     results, _ = collect(tmp_path)
-    assert sorted({r["algorithm"] for r in results}) == ["xpo(alpha=[0.1])", "xpo(alpha=[1e-05])"]
-    assert {r["method"] for r in results} == {"xpo"}
+    assert sorted({r.method_label for r in results}) == ["xpo(alpha=[0.1])", "xpo(alpha=[1e-05])"]
+    assert {r.result.algorithm for r in results} == {"xpo"}
     cells = {c.algorithm: c for c in aggregate(results, compare=False)}
     assert cells["xpo(alpha=[0.1])"].accuracy == pytest.approx(0.125) and len(cells["xpo(alpha=[0.1])"].runs) == 2
     assert cells["xpo(alpha=[1e-05])"].accuracy == pytest.approx(0.5)
@@ -237,12 +240,11 @@ def test_report_files_list_the_killed_job_and_match_the_generations(tmp_path, ca
 
 def test_recomputation_flags_a_results_file_that_disagrees(tmp_path):
     job = _sweep_job(tmp_path, "a", "sft", "greedy", 0, [1, 0, 0, 0])
-    record = json.loads((job / "results.json").read_text())
-    record["job_dir"] = str(job)
-    assert check_against_generations(record) == []
-    record["metrics"]["accuracy"] = 0.5
-    assert check_against_generations(record) == ["accuracy: results.json has 0.5, generations.jsonl gives 0.25"]
-    (job / "results.json").write_text(json.dumps({k: v for k, v in record.items() if k != "job_dir"}))
+    run = Run(JobResult.read(job / "results.json"), job_dir=job)
+    assert check_against_generations(run) == []
+    run.result.metrics["accuracy"] = 0.5
+    assert check_against_generations(run) == ["accuracy: results.json has 0.5, generations.jsonl gives 0.25"]
+    run.result.write(job / "results.json")
     results, _ = collect(tmp_path)
     assert "WARNING `a`: results.json disagrees" in write_report(results, tmp_path, "t", [], plots=False)
 
@@ -344,7 +346,7 @@ def test_wandb_group_runs_become_records(tmp_path):
                     _FakeRun("r2", 2, [0], state="crashed")])
     results, missing = collect_wandb("g", "p", "e", api=api)
     assert missing == ["`r2` (W&B state crashed)"]
-    assert results[0]["decoder_label"] == "greedy" and results[0]["problem_scores"] == {0: 1, 1: 0, 2: 0, 3: 0}
+    assert results[0].result.decoder_label == "greedy" and results[0].problem_scores == {0: 1, 1: 0, 2: 0, 3: 0}
     (cell,) = aggregate(results)
     assert cell.accuracy == pytest.approx(0.375) and cell.compute["train_tokens"] == 500
     assert cell.interval == "seeds x problems"
@@ -363,8 +365,8 @@ def test_wandb_agent_runs_are_recomposed_from_their_sweep_parameters(tmp_path):
                   "logger.mode": "online", "seed": 0, "dataset": {"name": "arith"}, "model": {"name": "tiny"}}
     (record,) = collect_wandb("g", "p", "e", api=_FakeApi([run]))[0]
     # bon_vs_n sets samples_per_prompt: 32, which the agent's config no longer shows
-    assert record["decoder_label"] == "bon(samples_per_prompt=32, temperature=1.0, selector=majority)"
-    assert (record["algorithm"], record["decoder_config"]["samples_per_prompt"]) == ("sft", 32)
+    assert record.result.decoder_label == "bon(samples_per_prompt=32, temperature=1.0, selector=majority)"
+    assert (record.method_label, record.result.decoder_config["samples_per_prompt"]) == ("sft", 32)
 
 
 def test_beam_width_one_is_the_greedy_reference_when_there_is_no_greedy_row(tmp_path):
@@ -372,3 +374,27 @@ def test_beam_width_one_is_the_greedy_reference_when_there_is_no_greedy_row(tmp_
     _sweep_job(tmp_path, "b", "sft", "beam_4", 0, [1, 1, 1, 0])
     width_one, width_four = aggregate(collect(tmp_path)[0], compare=False)
     assert width_one.lift is None and width_four.lift == pytest.approx(50.0)  # 100 * (.75 - .5) / .5
+
+
+def test_decoder_labels_show_the_keys_that_choose_outputs_and_nothing_else():
+    """A label always shows its decoder's LABEL_KEYS, any other key only when off its default, and never the
+    keys that change no chosen output (batching, the greedy reference, the curve's draws)."""
+    from framework.bon import BoNConfig
+    from framework.decoding import BeamConfig, GreedyConfig
+
+    assert GreedyConfig().label() == "greedy"
+    assert BeamConfig(num_beams=4, prompts_per_batch=3).label() == "beam(num_beams=4)"
+    assert BeamConfig(num_beams=4, length_penalty=0.0, max_problems=5).label() == \
+        "beam(max_problems=5, num_beams=4, length_penalty=0.0)"  # in field order
+    assert BoNConfig(selector="majority", curve_draws=7, greedy_reference=False).label() == \
+        "bon(samples_per_prompt=50, temperature=1.0, selector=majority)"
+
+
+def test_a_results_file_that_is_no_jobs_record_is_a_one_line_error(tmp_path, capsys):
+    _sweep_job(tmp_path, "a", "sft", "greedy", 0, [1, 0])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"accuracy": 0.5}))
+    with pytest.raises(ReportError, match=r"b/results.json: not a job's results: no algorithm, decoder"):
+        collect(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    assert "b/results.json: not a job's results" in capsys.readouterr().err

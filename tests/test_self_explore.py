@@ -10,14 +10,16 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import FAST, FAST_TRAINING, compose_config
-from framework.algorithms import rationales, self_explore
+from framework.algorithms import pipeline, self_explore
 from framework.algorithms.rationales import (Rationale, SampledQuestion, equation_signature, keep_rationales, kept_set,
                                              outcome_pairs, rejected_for_training, require_gold_answers,
                                              strip_answer_line)
 from framework.algorithms.self_explore import (ExplorationRecord, ExplorationTarget, explore_first_pits, first_pit,
-                                               split_lines, split_sentences, split_steps, step_level_pairs)
+                                               step_level_pairs)
 from framework.config import ModelConfig, to_validated
+from framework.data import steps as step_splitters
 from framework.data.answers import NumericAnswerChecker
+from framework.data.steps import split_lines, split_sentences, split_steps
 from framework.errors import ConfigError
 
 DATA = Path("/work/shared/data")
@@ -88,10 +90,10 @@ def test_sentence_splitter_on_real_math_rows():
 
 
 def test_a_splitter_that_yields_zero_steps_is_a_config_error(monkeypatch):
-    monkeypatch.setitem(self_explore.SPLITTERS, "nothing", lambda text: [])
+    monkeypatch.setitem(step_splitters.SPLITTERS, "nothing", lambda text: [])
     with pytest.raises(ConfigError, match="step_splitter=nothing yields zero steps"):
         split_steps("nothing", "3 + 4 = 7\n#### 7")
-    monkeypatch.setitem(self_explore.SPLITTERS, "lossy", lambda text: [line for line in text.split("\n")])
+    monkeypatch.setitem(step_splitters.SPLITTERS, "lossy", lambda text: [line for line in text.split("\n")])
     with pytest.raises(ConfigError, match="concatenate back"):
         split_steps("lossy", "3 + 4 = 7\n#### 7")
 
@@ -277,7 +279,7 @@ KEYS = {"correct_dedup": "equations", "max_correct_per_question": 8, "max_incorr
         "min_edit_distance": 0.2, "require_finished": True}
 
 
-def test_equation_signature():
+def test_equation_signature_is_the_equations_or_the_normalised_text_without_any():
     assert equation_signature("He has 48/2 = <<48/2=24>>24 clips.\n#### 24") == "48/2=24"
     assert equation_signature("3 + 4 = 7\n7 - 2 = 5\n#### 5") == "3+4=7|7-2=5"
     assert equation_signature("3+4=7\n 7-2 =5\n#### 5") == "3+4=7|7-2=5"
@@ -379,25 +381,25 @@ def test_kept_set_counts_every_rule():
 def test_rft_trains_the_built_model_by_default(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from framework.algorithms import rft
+    from framework.algorithms import AlgorithmContext, rft, rft_stage
     from framework.data.loaders import ArithDatasetConfig, load_arith
 
     started_from = []
-    monkeypatch.setattr(rft, "train_in_stage", lambda ctx, kind, spec, make, start, metadata, code, training: started_from.append(
-        (start, spec["start"], metadata["kept_set"]["kept_correct"])))
+    monkeypatch.setattr(rft_stage, "train_in_stage", lambda ctx, kind, spec, make, start, metadata, code, training:
+                        started_from.append((start, spec["start"], metadata["kept_set"]["kept_correct"])))
     built, sft = SimpleNamespace(fingerprint={"base": "built"}), SimpleNamespace(fingerprint={"sft": 1})
-    ctx = SimpleNamespace(data=load_arith(ArithDatasetConfig(train_size=4, test_size=2)), base=sft, built=built,
-                          seed=0, log=lambda metrics: None)
+    ctx = AlgorithmContext(config=None, base=sft, data=load_arith(ArithDatasetConfig(train_size=4, test_size=2)),
+                           stages=None, runtime=None, seed=0, report_to="none", output_dir=tmp_path, initial=built)
     questions = [SampledQuestion(0, "Q\n", "5", [_rationale(GOOD, True)])]
     config = rft.RFTAlgorithmConfig()
-    rft.rft_model(ctx, questions, "key", config, config, "rft")
-    rft.rft_model(ctx, questions, "key", config, rft.RFTStageConfig(train_from="sampler"), "rft")
+    rft_stage.rft_model(ctx, questions, "key", config, config, "rft")
+    rft_stage.rft_model(ctx, questions, "key", config, rft_stage.RFTStageConfig(train_from="sampler"), "rft")
     assert started_from == [(built, {"base": "built"}, 1), (sft, {"sft": 1}, 1)]
 
 
 def test_dpo_pairs_put_eos_after_the_chosen_side_only(model_and_tokenizer, monkeypatch, tmp_path):
     from framework.algorithms import preference
-    from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo_on_pairs
+    from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo
     from framework.models import ModelHandle, Runtime
 
     model, tokenizer = model_and_tokenizer
@@ -412,7 +414,8 @@ def test_dpo_pairs_put_eos_after_the_chosen_side_only(model_and_tokenizer, monke
     eos = tokenizer.eos_token_id
     for rejected_eos, expected in ((False, [True, False]), (True, [True, True])):
         config = PreferenceTrainingConfig(per_device_train_batch_size=2, rejected_eos=rejected_eos)
-        trainer = train_dpo_on_pairs(ctx, "test", start, pairs, config, "pairs")
+        trainer = train_dpo(ctx, "test", {"pairs": "pairs"}, start, pairs, config, rejected_eos=config.rejected_eos,
+                            code=__name__)
         batch = next(iter(trainer.get_train_dataloader()))
         ends = [row[mask.bool()][-1].item() == eos for row, mask in zip(batch["input_ids"], batch["completion_mask"])]
         assert ends == [expected[0]] * 2 + [expected[1]] * 2  # chosen rows first, then rejected rows
@@ -445,7 +448,7 @@ def test_bad_keys_fail_before_any_work(algorithm, override, message):
 
 
 def test_the_three_methods_share_sampling_and_rft_defaults():
-    from framework.algorithms.rft import rft_keys
+    from framework.algorithms.rft_stage import rft_keys
 
     configs = {name: to_validated(compose_config([f"algorithm={name}"])).algorithm
                for name in ("rft", "outcome_dpo", "self_explore")}
@@ -466,6 +469,27 @@ def test_a_dataset_without_gold_answers_is_refused():
     with pytest.raises(ConfigError, match="needs gold final answers"):
         require_gold_answers(SimpleNamespace(data=data.without_labels()), "self_explore")
     require_gold_answers(SimpleNamespace(data=data), "self_explore")
+
+
+# ---------------------------------------------------------------------------- the JSONL data stage
+def test_a_records_stage_writes_utf8_jsonl_once_and_reuses_it(tmp_path):
+    from framework.algorithms.pipeline import stored_records
+    from framework.stages import StageStore
+
+    ctx = SimpleNamespace(stages=StageStore(tmp_path))
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return [{"text": "π ≈ 3.14"}, {"n": 1}], {"records": 2}
+
+    first = stored_records(ctx, "demo", {"x": 1}, "demo.jsonl", compute, code="framework.algorithms.pipeline")
+    again = stored_records(ctx, "demo", {"x": 1}, "demo.jsonl", compute, code="framework.algorithms.pipeline")
+    records, key, record = first
+    assert records == again[0] == [{"text": "π ≈ 3.14"}, {"n": 1}] and computed == [1] and record["records"] == 2
+    # the bytes every stage artifact has had: UTF-8 as written, json.dumps' separators, a newline after each
+    assert (tmp_path / "demo" / key / "output" / "demo.jsonl").read_bytes() == \
+        '{"text": "π ≈ 3.14"}\n{"n": 1}\n'.encode("utf-8")
 
 
 # ---------------------------------------------------------------------------- end to end, scripted sampling
@@ -500,7 +524,7 @@ def _scripted_sampling(monkeypatch, completions: dict[str, str], explorer_calls:
             return outputs
         return continue_prefixes
 
-    monkeypatch.setattr(rationales, "open_engine", scripted_engine(rationales_of))
+    monkeypatch.setattr(pipeline, "open_engine", scripted_engine(rationales_of))
     monkeypatch.setattr(self_explore, "sampling_explorer", fake_explorer)
 
 
@@ -522,6 +546,7 @@ def scripted_engine(candidates_of):
     return open_engine
 
 
+@pytest.mark.slow
 def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
     from framework.__main__ import run
     from framework.data.loaders import ArithDatasetConfig, load_arith
@@ -581,7 +606,7 @@ def test_zero_pairs_is_an_error_that_says_what_to_raise(monkeypatch, tmp_path):
 
     # every rationale incorrect: RFT has nothing to learn from, and no chosen side exists
     always_wrong = scripted_engine(lambda prompt, request: [Candidate("1 + 1 = 2\n#### 999", 5, -1.0, True, [0] * 5)])
-    monkeypatch.setattr(rationales, "open_engine", always_wrong)
+    monkeypatch.setattr(pipeline, "open_engine", always_wrong)
     monkeypatch.setattr(self_explore, "sampling_explorer",
                         lambda *args: (lambda prompts, keys=None: [["#### 999"] * 4 for _ in prompts]))
     shared = [*FAST, *FAST_TRAINING, "algorithm.starting_point=base", "algorithm.train_prompts=4"]

@@ -12,13 +12,14 @@ from framework import registry
 from framework.algorithms import AlgorithmContext
 from framework.algorithms.starting import starting_context
 from framework.algorithms.dpo import SquaredSharpeningDPOTrainer, completion_logps, squared_sharpening_loss
-from framework.algorithms.sharpening import SampledPrompt, build_pairs, self_rewards
+from framework.algorithms.sharpening import SampledPrompt, build_pairs
 from framework.config import to_validated
 from framework.data.answers import NumericAnswerChecker
 from framework.data.loaders import TaskData
 from framework.decoding import Candidate, teacher_forced_logprobs
 from framework.errors import ConfigError
 from framework.models import ModelHandle, resolve_runtime
+from framework.self_reward import SELECTOR_NAMES, select, self_rewards
 from framework.stages import StageStore
 
 
@@ -37,6 +38,14 @@ def test_self_rewards_by_selector():
     assert self_rewards("logprob", CANDIDATES, ANSWERS) == [-3.0, -1.0, -1.0, -4.0, -2.0]
     assert self_rewards("length_norm", CANDIDATES, ANSWERS) == [-1.0, -1.0, -0.1, -4.0, -0.5]  # -4 / max(0, 1)
     assert self_rewards("majority", CANDIDATES, ANSWERS) == [3.0, 1.0, 3.0, 0.0, 3.0]  # "5" x3, "7" x1, none 0
+
+
+@pytest.mark.parametrize("selector", SELECTOR_NAMES)
+def test_the_bon_pick_never_has_a_lower_self_reward_than_another_sample(selector):
+    """best-of-N's pick (and BoN-SFT's target, DPO's chosen side) and the r_self that orders the pairs are one
+    definition: the pick scores the highest r_self."""
+    rewards = self_rewards(selector, CANDIDATES, ANSWERS)
+    assert rewards[select(selector, CANDIDATES, ANSWERS)] == max(rewards)
 
 
 # ---------------------------------------------------------------------------- pair builder
@@ -252,9 +261,9 @@ def test_squared_loss_refuses_a_selector_other_than_logprob():
 # ---------------------------------------------------------------------------- label-free
 def test_label_free_methods_are_registered_as_such():
     for name in ("bon_sft", "dpo", "xpo"):  # get() raises for a method that is no longer registered
-        assert getattr(registry.algorithms.get(name), "label_free", False), name
+        assert registry.algorithms.get(name).label_free, name
     for name in ("sft", "soc"):
-        assert not getattr(registry.algorithms.get(name), "label_free", False), name
+        assert not registry.algorithms.get(name).label_free, name
 
 
 def test_without_labels_keeps_only_questions_and_prompts():

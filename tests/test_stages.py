@@ -50,6 +50,19 @@ def test_concurrent_users_of_one_stage_compute_it_once(tmp_path):
     assert computed == [1]
 
 
+def test_compute_spent_lists_shared_stages_without_summing_them(tmp_path):
+    store = StageStore(tmp_path)
+    for kind, shared, tokens in (("base", True, 1000), ("method", False, 30), ("evaluation", True, 7)):
+        with store.open(kind, {}, shared=shared) as stage:
+            stage.new_output_dir()
+            stage.commit({"compute": {"train_tokens": tokens, "generated_tokens": tokens}})
+    spent = store.compute_spent()
+    assert spent["train_tokens"] == 30 and spent["sampling_generated_tokens"] == 30
+    assert [entry["kind"] for entry in spent["stages"]] == ["base", "method", "evaluation"]
+    assert "shared" not in spent["stages"][0]  # the ledger's entries are the stages' own records
+    assert store.compute_spent(spent["stages"][:1])["train_tokens"] == 0  # the sums follow the entries given
+
+
 # ---------------------------------------------------------------------------- code fingerprints
 import ast  # noqa: E402
 import shutil  # noqa: E402
@@ -76,7 +89,7 @@ def _edit(root: Path, module: str, line: str = "\n# an edit\n") -> None:
     code_closure.cache_clear()
 
 
-STAGES = {"sft": "framework.algorithms.sft", "soc": "framework.algorithms.soc",
+STAGES = {"sft": "framework.algorithms.sft_stage", "soc": "framework.algorithms.soc",
           "rationales": "framework.algorithms.rationales", "self_explore": "framework.algorithms.self_explore",
           "dpo": "framework.algorithms.dpo"}
 
@@ -87,11 +100,13 @@ def _fingerprints(root: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("edited, changed", [
     ("framework.algorithms.soc", {"soc"}),  # a loss edit retrains that method only
-    ("framework.algorithms.sft", {"sft", "soc", "self_explore"}),  # SOC and RFT train with sft.py's trainer
+    ("framework.algorithms.sft_stage", {"sft", "soc", "self_explore"}),  # SOC and RFT train with its trainer
+    ("framework.algorithms.sft", set()),  # the sft plugin only registers the shared stage
     ("framework.algorithms.training", {"sft", "soc", "self_explore", "dpo"}),  # every trainer's arguments
     ("framework.algorithms.rationales", {"rationales", "self_explore"}),  # the rules the family shares
     ("framework.decoding", {"rationales", "self_explore", "dpo"}),  # the samplers
-    ("framework.report", set()), ("framework.plots", set()),  # nothing trained reads them
+    ("framework.report.__init__", set()), ("framework.report.sweep", set()), ("framework.report.plots", set()),
+    ("framework.results", set()),  # nothing trained reads the report or the results record
     ("framework.algorithms.xpo", set()),  # another method
     ("framework.stages", set()),  # storage, not computation
 ])
@@ -103,9 +118,10 @@ def test_a_stage_key_follows_the_code_that_computes_it_and_nothing_else(package_
 
 
 def test_type_checking_imports_are_not_followed(package_copy):
-    closure = code_closure(("framework.algorithms.sft",), package_copy)
-    assert "framework.data.loaders" not in closure  # AlgorithmContext names TaskData for type checking only
-    assert "framework.algorithms.sft" in closure and "framework.algorithms.training" in closure
+    closure = code_closure(("framework.algorithms.sft_stage",), package_copy)
+    # AlgorithmContext names TaskData for type checking only
+    assert "framework.data.task" not in closure and "framework.data.loaders" not in closure
+    assert "framework.algorithms.sft_stage" in closure and "framework.algorithms.training" in closure
 
 
 def test_store_puts_the_code_fingerprint_in_the_spec(tmp_path):
@@ -134,7 +150,7 @@ def test_every_stage_the_framework_opens_names_its_code():
 def _opens_a_stage(func) -> bool:
     """`stages.open(...)` / `ctx.stages.open(...)`, or the helpers that open one for their caller."""
     if isinstance(func, ast.Name):
-        return func.id in ("stored_records", "train_in_stage")
+        return func.id in ("stored_records", "generated_records", "train_in_stage", "train_dpo")
     if isinstance(func, ast.Attribute) and func.attr == "open":
         target = func.value
         return (target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")) == "stages"

@@ -79,6 +79,7 @@ def test_spec_grid_is_the_hydra_sweep_grid(name):
     assert swept == hydra_grid, f"launch/wandb/{name}.yaml no longer sweeps what conf/sweeps/{name}.yaml does"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SPECS)
 def test_every_grid_point_composes_and_validates(name):
     registry.load_plugins()

@@ -70,7 +70,7 @@ def test_alpha_zero_is_the_dpo_sigmoid_loss():
         assert terms.alpha_term.item() == 0.0
 
 
-def test_self_reward_kinds():
+def test_self_reward_is_logprob_or_length_norm_and_refuses_majority():
     sums, lengths = _t(-6.0, -2.0, -3.0), _t(3, 1, 0)
     assert self_reward(sums, lengths, "logprob").tolist() == [-6.0, -2.0, -3.0]
     assert self_reward(sums, lengths, "length_norm").tolist() == [-2.0, -2.0, -3.0]  # 0 tokens: divided by 1

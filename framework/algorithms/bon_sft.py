@@ -17,12 +17,13 @@ from datasets import Dataset
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.sft import make_sft_trainer
-from framework.algorithms.sharpening import SelfRewardSamplingConfig, best_index, sample_training_set
+from framework.algorithms.sft_stage import make_sft_trainer
+from framework.algorithms.sharpening import SelfRewardSamplingConfig, sample_training_set
 from framework.algorithms.training import train_in_stage
 from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig
 from framework.errors import ConfigError
 from framework.models import ModelHandle
+from framework.self_reward import select
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,6 @@ class BoNSFTConfig(TrainingConfig, SelfRewardSamplingConfig, StartingPointConfig
     weight_decay: float = 0.1
     max_grad_norm: float = 0.1
 
-    def checks(self, prefix: str) -> None:
-        TrainingConfig.checks(self, prefix)
-        SelfRewardSamplingConfig.checks(self, prefix)
-        StartingPointConfig.checks(self, prefix)
-
 
 def best_of_n_targets(ctx: AlgorithmContext, config: BoNSFTConfig) -> Dataset:
     """(prompt, completion = the self-reward's pick) for every prompt with at least one usable sample."""
@@ -52,7 +48,7 @@ def best_of_n_targets(ctx: AlgorithmContext, config: BoNSFTConfig) -> Dataset:
     for sampled in sample_training_set(ctx, config):
         usable = sampled.usable(config.require_finished)
         if usable.candidates:
-            best = usable.candidates[best_index(config.selector, usable.candidates, usable.answers)]
+            best = usable.candidates[select(config.selector, usable.candidates, usable.answers)]
             rows.append({"prompt": sampled.prompt, "completion": best.text})
     if not rows:
         raise ConfigError("algorithm=bon_sft: no training prompt has a finished sample; raise "

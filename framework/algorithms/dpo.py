@@ -12,7 +12,8 @@ The squared regression is the sharpening paper's objective: with r_self = log pi
 pi proportional to pi_base^(1 + 1/beta). TRL has no such loss type, so `SquaredSharpeningDPOTrainer`
 replaces only the loss, taking r_self(y+) - r_self(y-) from the reference pass the loss needs anyway
 (r_self = log pi_base on exactly the tokens trained on). It therefore needs `selector: logprob`.
-The paper ran no RLHF-Sharpening experiments: there is no number to reproduce.
+The paper ran no RLHF-Sharpening experiments: there is no number to reproduce. The sampled set and the
+pair rules are sharpening.py's, the DPO training preference.py's `train_dpo`.
 """
 from __future__ import annotations
 
@@ -23,13 +24,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from datasets import Dataset
-from trl import DPOConfig, DPOTrainer
+from trl import DPOTrainer
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
+from framework.algorithms.preference import train_dpo
 from framework.algorithms.sharpening import PAIR_STRATEGIES, SelfRewardSamplingConfig, build_pairs, sample_training_set
-from framework.algorithms.training import peft_config, reference_model, train_in_stage, trainer_arguments
 from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
 from framework.errors import ConfigError
 from framework.models import ModelHandle
@@ -54,9 +54,7 @@ class DPOAlgorithmConfig(TrainingConfig, SelfRewardSamplingConfig, StartingPoint
     gradient_accumulation_steps: int = 1
 
     def checks(self, prefix: str) -> None:
-        TrainingConfig.checks(self, prefix)
-        SelfRewardSamplingConfig.checks(self, prefix)
-        StartingPointConfig.checks(self, prefix)
+        super().checks(prefix)
         require(math.isfinite(self.beta) and self.beta > 0, f"{prefix}.beta", "must be > 0", self.beta)
         require(self.loss in LOSSES, f"{prefix}.loss", f"must be one of {list(LOSSES)}", self.loss)
         require(self.pair_strategy in PAIR_STRATEGIES, f"{prefix}.pair_strategy",
@@ -132,7 +130,7 @@ class SquaredSharpeningDPOTrainer(DPOTrainer):
             return completion_logps(model, *args)
 
 
-def preference_pairs(ctx: AlgorithmContext, config: DPOAlgorithmConfig) -> Dataset:
+def preference_pairs(ctx: AlgorithmContext, config: DPOAlgorithmConfig) -> list[dict]:
     """(prompt, chosen, rejected) rows from the sampled set, ranked by self-reward only."""
     rng = random.Random(ctx.seed)
     rows = []
@@ -148,23 +146,13 @@ def preference_pairs(ctx: AlgorithmContext, config: DPOAlgorithmConfig) -> Datas
     ctx.log({"dpo/pairs": len(rows)})
     ctx.artifacts["pairs"] = rows
     log.info("DPO on %d self-ranked pairs (%s, selector %s)", len(rows), config.pair_strategy, config.selector)
-    return Dataset.from_list(rows)
+    return rows
 
 
 @registry.algorithms.register("dpo", DPOAlgorithmConfig, label_free=True)
 def run(ctx: AlgorithmContext) -> ModelHandle:
     config: DPOAlgorithmConfig = ctx.config
     pairs = preference_pairs(ctx, config)
-
-    def make_trainer(checkpoint_dir: str):
-        arguments = trainer_arguments(config, ctx, checkpoint_dir)
-        args = DPOConfig(**arguments, beta=config.beta, loss_type=["sigmoid"],
-                         precompute_ref_log_probs=config.precompute_ref_log_probs)
-        trainer_class = SquaredSharpeningDPOTrainer if config.loss == "squared" else DPOTrainer
-        # the reference is the starting model, loaded explicitly rather than guessed from a config path
-        return trainer_class(model=ctx.base.load_model(ctx.runtime),
-                             ref_model=reference_model(ctx, ctx.base, config.precompute_ref_log_probs),
-                             args=args, train_dataset=pairs, processing_class=ctx.base.load_tokenizer(),
-                             peft_config=peft_config(ctx))
-
-    return train_in_stage(ctx, "dpo", ctx.stage_spec(), make_trainer, code=__name__)
+    trainer_class = SquaredSharpeningDPOTrainer if config.loss == "squared" else DPOTrainer
+    return train_dpo(ctx, "dpo", ctx.stage_spec(), ctx.base, pairs, config, trainer_class=trainer_class,
+                     code=__name__)

@@ -18,51 +18,15 @@ from dataclasses import dataclass, field
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo_on_pairs
-from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingConfig, SampledQuestion, kept_set,
-                                             nothing_to_train, outcome_pairs, rejected_for_training,
-                                             resolved_pairing, sample_rationales, stored_records)
-from framework.algorithms.rft import RFTStageConfig, rft_model
+from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo
+from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingConfig, nothing_to_train,
+                                             outcome_pair_set, rejected_for_training, sample_rationales,
+                                             summary_counts)
+from framework.algorithms.rft_stage import RFTStageConfig, rft_model
 from framework.config import AlgorithmConfig, StartingPointConfig, require
 from framework.models import ModelHandle
 
 log = logging.getLogger(__name__)
-PAIRS_FILE = "pairs.jsonl"
-
-
-def outcome_pair_set(ctx: AlgorithmContext, config: RationaleSamplingConfig, questions: list[SampledQuestion],
-                     rationales_key: str, max_pairs_per_question: int | None) -> tuple[list[dict], str, dict]:
-    """Every question's outcome pairs (stage `outcome_pairs`: raw rationale texts, before the rejected
-    side is trimmed for training), its key and its summary: pairs and what each rule dropped."""
-    keys = config.kept_keys(ctx.data.checker)
-    pairing = resolved_pairing(config.outcome_pairing, ctx.data.checker)
-
-    def compute():
-        kept, summary = kept_set(questions, keys)
-        drops: Counter = Counter()
-        pairs = [pair for k in kept for pair in outcome_pairs(k, pairing, max_pairs_per_question, drops)]
-        summary = {**summary, "pairs": len(pairs), "questions_with_pairs": len({p["question_index"] for p in pairs}),
-                   "distinct_chosen_per_question": _distinct_chosen_per_question(pairs),
-                   **{f"dropped_{rule}": count for rule, count in sorted(drops.items())}}
-        return pairs, summary
-
-    spec = {"rationales": rationales_key, "kept": keys, "pairing": pairing, "max_pairs_per_question":
-            max_pairs_per_question}
-    pairs, key, summary = stored_records(ctx, "outcome_pairs", spec, PAIRS_FILE, compute, code=__name__)
-    ctx.log({f"outcome_pairs/{name}": value for name, value in _summary_counts(summary).items()})
-    return pairs, key, summary
-
-
-def _distinct_chosen_per_question(pairs: list[dict]) -> float:
-    chosen: dict[int, set] = {}
-    for pair in pairs:
-        chosen.setdefault(pair["question_index"], set()).add(pair["chosen"])
-    return sum(map(len, chosen.values())) / max(len(chosen), 1)
-
-
-def _summary_counts(summary: dict) -> dict:
-    """The numbers of a stage summary (not its spec or compute record), for the tracker."""
-    return {key: value for key, value in summary.items() if isinstance(value, (int, float)) and key != "finished_at"}
 
 
 # ---------------------------------------------------------------------------- algorithm=outcome_dpo
@@ -75,10 +39,7 @@ class OutcomeDPOConfig(PreferenceTrainingConfig, RationaleSamplingConfig, OnEmpt
     rft: RFTStageConfig = field(default_factory=RFTStageConfig)
 
     def checks(self, prefix: str) -> None:
-        PreferenceTrainingConfig.checks(self, prefix)
-        RationaleSamplingConfig.checks(self, prefix)
-        OnEmptyConfig.checks(self, prefix)
-        StartingPointConfig.checks(self, prefix)
+        super().checks(prefix)
         require(self.max_pairs_per_question is None or self.max_pairs_per_question >= 1,
                 f"{prefix}.max_pairs_per_question", "must be >= 1 or null", self.max_pairs_per_question)
 
@@ -95,7 +56,7 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     training = rejected_for_training(pairs, ctx.data.checker, config.strip_rejected_answer, drops)
     trimmed = {"training_pairs": len(training), **{f"dropped_{rule}": count for rule, count in drops.items()}}
     ctx.log({f"outcome_dpo/{name}": value for name, value in trimmed.items()})
-    counts = {**_summary_counts(summary), **trimmed}
+    counts = {**summary_counts(summary), **trimmed}
     if not training:
         return nothing_to_train(ctx, config.on_empty, "outcome_dpo", "algorithm=outcome_dpo: no training question has "
                                 "both a correct and an incorrect rationale, so there is no pair; raise "
@@ -103,5 +64,6 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
                                 "model (starting_point=sft)", start)
     log.info("outcome-level DPO on %d pairs of %d questions", len(training), counts["questions_with_pairs"])
     pairs_identity = {"outcome_pairs": pairs_key, "strip_rejected_answer": config.strip_rejected_answer}
-    return train_dpo_on_pairs(ctx, "outcome_dpo", start, training, config, pairs_identity,
-                              metadata={"pairs": counts})
+    spec = ctx.stage_spec(pairs=pairs_identity, start=start, training=config.preference_keys())
+    return train_dpo(ctx, "outcome_dpo", spec, start, training, config, rejected_eos=config.rejected_eos,
+                     code=__name__, metadata={"pairs": counts})

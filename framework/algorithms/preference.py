@@ -1,5 +1,10 @@
-"""Sigmoid DPO on a fixed set of (prompt, chosen, rejected) pairs, as the Self-Explore family trains
-(outcome_dpo on outcome pairs, self_explore on step-level pairs), with TRL's DPOTrainer.
+"""DPO on a fixed set of (prompt, chosen, rejected) pairs, with TRL's DPOTrainer: the one DPO helper
+(`train_dpo`) behind algorithm=dpo (its pairs ranked by self-reward, its own loss as a DPOTrainer
+subclass), outcome_dpo (outcome pairs) and self_explore (step-level pairs); and the Self-Explore
+family's DPO keys (`PreferenceTrainingConfig`).
+
+    policy pi = start, reference = a frozen copy of start
+    minimise over the pairs  -log sigmoid(beta * ((log pi - log pi_ref)(y+) - (log pi - log pi_ref)(y-)))
 
 One rule of the authors' scripts TRL does not have: EOS is appended to the chosen side only. TRL appends
 it to both; a rejected step is a partial text, and with an EOS after it DPO can widen the margin by
@@ -43,7 +48,7 @@ class PreferenceTrainingConfig(TrainingConfig):
     trainer: dict[str, Any] = field(default_factory=lambda: {"optim": "rmsprop"})  # the scripts' optimizer
 
     def checks(self, prefix: str) -> None:
-        TrainingConfig.checks(self, prefix)
+        super().checks(prefix)
         require(math.isfinite(self.beta) and self.beta > 0, f"{prefix}.beta", "must be > 0", self.beta)
 
     def preference_keys(self) -> dict:
@@ -63,12 +68,15 @@ class RejectedWithoutEOS(DataCollatorForPreference):
         return super().torch_call(trimmed)
 
 
-def train_dpo_on_pairs(ctx: AlgorithmContext, kind: str, start: ModelHandle, pairs: list[dict],
-                       config: PreferenceTrainingConfig, pairs_identity: str | dict,
-                       metadata: dict | None = None) -> ModelHandle:
-    """Sigmoid DPO from `start` against a frozen copy of `start` (policy = reference = start).
-    `pairs_identity` determines `pairs` (their stage key, and whatever transformed them since)."""
-    spec = {"pairs": pairs_identity, "start": start.fingerprint, "training": config.preference_keys(), "seed": ctx.seed}
+def train_dpo(ctx: AlgorithmContext, kind: str, spec: dict, start: ModelHandle, pairs: list[dict],
+              config: TrainingConfig, *, code: str, rejected_eos: bool = True, trainer_class: type = DPOTrainer,
+              metadata: dict | None = None) -> ModelHandle:
+    """DPO from `start` against a frozen copy of `start` (policy = reference = start) on the (prompt, chosen,
+    rejected) of `pairs`, in stage `kind` keyed by `spec` (it must determine the pairs: their stage key, say).
+
+    `config`: the training keys plus `beta` and `precompute_ref_log_probs`. `rejected_eos=False`: no EOS after
+    a rejected side (the Self-Explore scripts'); true: TRL's, after both. `trainer_class`: DPOTrainer (sigmoid)
+    or a subclass with the method's own loss. `code`: the method's module (train_in_stage)."""
     train = Dataset.from_list([{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in pairs])
 
     def make_trainer(checkpoint_dir: str):
@@ -76,16 +84,16 @@ def train_dpo_on_pairs(ctx: AlgorithmContext, kind: str, start: ModelHandle, pai
                          precompute_ref_log_probs=config.precompute_ref_log_probs)
         tokenizer = start.load_tokenizer()
         collator = None
-        if not config.rejected_eos:
+        if not rejected_eos:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             collator = RejectedWithoutEOS(pad_token_id=pad, max_length=args.max_length,
                                           truncation_mode=args.truncation_mode,
                                           pad_to_multiple_of=args.pad_to_multiple_of,
                                           eos_token_id=tokenizer.eos_token_id)
-        # the reference is the starting model (the RFT model when enabled), loaded explicitly
-        return DPOTrainer(model=start.load_model(ctx.runtime),
-                          ref_model=reference_model(ctx, start, config.precompute_ref_log_probs), args=args,
-                          data_collator=collator, train_dataset=train, processing_class=tokenizer,
-                          peft_config=peft_config(ctx))
+        # the reference is the starting model, loaded explicitly rather than guessed from a config path
+        return trainer_class(model=start.load_model(ctx.runtime),
+                             ref_model=reference_model(ctx, start, config.precompute_ref_log_probs), args=args,
+                             data_collator=collator, train_dataset=train, processing_class=tokenizer,
+                             peft_config=peft_config(ctx))
 
-    return train_in_stage(ctx, kind, spec, make_trainer, code=__name__, start=start, metadata=metadata)
+    return train_in_stage(ctx, kind, spec, make_trainer, code=code, start=start, metadata=metadata)

@@ -10,31 +10,33 @@ rationale set and the rules the authors' scripts apply to it (../shared/docs/sel
                     the shortest among those far enough); each incorrect rationale used once
     rejected text   a rejected side loses its final-answer line; TRL appends no EOS to it (preference.py)
 
+Stages: `rationales` (the rationale set, sampled from the starting model) and `outcome_pairs` (the pairs
+of outcome DPO, whose rejected sides Self-Explore explores). The RFT model built on the kept set is
+rft_stage.py's.
+
 Every rule is a key with the scripts' choice as default, and every artifact records how many items each
 rule dropped (`dropped_<rule>`), also logged to the tracker. Edit distances are rapidfuzz's Levenshtein.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from types import SimpleNamespace
-from typing import Callable
 
 from rapidfuzz.distance import Levenshtein
 
 from framework.algorithms import AlgorithmContext
+from framework.algorithms.pipeline import generated_records, stored_records
 from framework.config import TrainingSamplingConfig, Validated, require
 from framework.decoding import sample_request
-from framework.generation import ShardedEngine, TransformersEngineConfig, engine_identity, open_engine
 from framework.errors import ConfigError
 from framework.models import ModelHandle
 
 log = logging.getLogger(__name__)
 RATIONALES_FILE = "rationales.jsonl"
+PAIRS_FILE = "pairs.jsonl"
 CORRECT_DEDUPS = ("auto", "equations", "edit_distance", "text")
 OUTCOME_PAIRINGS = ("auto", "farthest", "distant_shortest", "cycle")
 # distant_shortest: the thresholds on normalised edit distance the scripts try in turn for MATH
@@ -60,7 +62,7 @@ class RationaleSamplingConfig(TrainingSamplingConfig):
     strip_rejected_answer: bool = True  # a rejected side loses its final-answer line (the scripts'); empty: skipped
 
     def checks(self, prefix: str) -> None:
-        TrainingSamplingConfig.checks(self, prefix)
+        super().checks(prefix)
         require(self.rationales_per_question >= 1, f"{prefix}.rationales_per_question", "must be >= 1",
                 self.rationales_per_question)
         require(self.correct_dedup in CORRECT_DEDUPS, f"{prefix}.correct_dedup",
@@ -109,6 +111,7 @@ class OnEmptyConfig(Validated):
     on_empty: str = "error"  # error: stop, naming what to raise | skip_training: warn, log it, return the start model
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.on_empty in ON_EMPTY, f"{prefix}.on_empty", f"must be one of {list(ON_EMPTY)}", self.on_empty)
 
 
@@ -132,36 +135,6 @@ def require_gold_answers(ctx: AlgorithmContext, method: str) -> None:
     if missing:
         raise ConfigError(f"algorithm={method} needs a gold final answer for every training question; "
                           f"rows {missing[:5]} have none")
-
-
-# ---------------------------------------------------------------------------- JSONL stages
-def write_jsonl(path, records: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path) -> list[dict]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def stored_records(ctx: AlgorithmContext, kind: str, spec: dict, file: str,
-                   compute: Callable[..., tuple[list[dict], dict]], *, code: str,
-                   generates: bool = False) -> tuple[list[dict], str, dict]:
-    """JSONL records computed once per spec in stage `kind` (`compute` -> records, summary) by the code of
-    module `code`; returns the records, the stage key (downstream stages put it in their own specs) and
-    the stored summary. `generates`: the stage generates, with every process taking part (its batches
-    split across them) and shards kept in the stage's checkpoints, which `compute(shard_dir)` receives."""
-    with ctx.stages.open(kind, spec, code=code, collective=generates, processes_in_key=False) as stage:
-        if stage.done:
-            log.info("reusing %s %s", kind, stage.output / file)
-        else:
-            records, summary = compute(stage.checkpoints / "generation") if generates else compute()
-            output = stage.new_output_dir()
-            write_jsonl(output / file, records)
-            stage.commit(summary)
-        return read_jsonl(stage.output / file), stage.key, stage.metadata()
 
 
 # ---------------------------------------------------------------------------- the rationale set
@@ -197,31 +170,26 @@ def sample_rationales(ctx: AlgorithmContext, config: RationaleSamplingConfig,
     train = ctx.data.train
     count = len(train) if config.train_prompts is None else min(config.train_prompts, len(train))
     prompts, golds = list(train["prompt"][:count]), list(train["gold_answer"][:count])
-    spec = {"sampling": config.sampling_keys(), "base": ctx.base.fingerprint, "data": ctx.data.fingerprint,
-            "seed": ctx.seed, "prompts": count, "engine": engine_identity(ctx.engine or TransformersEngineConfig())}
 
-    def compute(shard_dir):
+    def generate(engine):
         log.info("sampling %d rationales for each of %d training questions", config.rationales_per_question, count)
         request = sample_request(config.rationales_per_question, config.temperature, config.top_p,
                                  config.max_new_tokens)
-        with open_engine(ctx.base, ctx.engine, ctx.runtime, ctx.seed) as engine:
-            outputs = ShardedEngine(engine, shard_dir).generate(prompts, request, seed=ctx.seed,
-                                                                prompts_per_batch=config.prompts_per_batch)
-        decoded = [SimpleNamespace(candidates=candidates) for candidates in outputs]
+        outputs = engine.generate(prompts, request, seed=ctx.seed, prompts_per_batch=config.prompts_per_batch)
         questions = []
-        for index, (prompt, gold, result) in enumerate(zip(prompts, golds, decoded)):
+        for index, (prompt, gold, candidates) in enumerate(zip(prompts, golds, outputs)):
             rationales = []
-            for candidate in result.candidates:
+            for candidate in candidates:
                 verdict = ctx.data.checker.check(candidate.text, gold)
                 rationales.append(Rationale(candidate.text, candidate.finished, verdict.extracted, verdict.correct,
                                             candidate.num_tokens))
             questions.append(SampledQuestion(index, prompt, gold, rationales))
         summary = rationale_set_summary(questions)
-        summary["compute"] = {"generated_tokens": sum(c.num_tokens for result in decoded for c in result.candidates)}
+        summary["compute"] = {"generated_tokens": sum(c.num_tokens for candidates in outputs for c in candidates)}
         return [q.to_record() for q in questions], summary
 
-    records, key, _ = stored_records(ctx, "rationales", spec, RATIONALES_FILE, compute, code=__name__,
-                                     generates=True)
+    spec = ctx.stage_spec(sampling=config.sampling_keys(), base=ctx.base, data=ctx.data, prompts=count)
+    records, key, _ = generated_records(ctx, "rationales", spec, RATIONALES_FILE, ctx.base, generate, code=__name__)
     questions = [SampledQuestion.from_record(record) for record in records]
     ctx.log({f"rationales/{name}": value for name, value in rationale_set_summary(questions).items()})
     return questions, key
@@ -427,3 +395,39 @@ def rejected_for_training(pairs: list[dict], checker, strip_answer: bool, drops:
             continue
         kept.append({**pair, "rejected": rejected})
     return kept
+
+
+# ---------------------------------------------------------------------------- the outcome pair set
+def outcome_pair_set(ctx: AlgorithmContext, config: RationaleSamplingConfig, questions: list[SampledQuestion],
+                     rationales_key: str, max_pairs_per_question: int | None) -> tuple[list[dict], str, dict]:
+    """Every question's outcome pairs (stage `outcome_pairs`: raw rationale texts, before the rejected
+    side is trimmed for training), its key and its summary: pairs and what each rule dropped."""
+    keys = config.kept_keys(ctx.data.checker)
+    pairing = resolved_pairing(config.outcome_pairing, ctx.data.checker)
+
+    def compute():
+        kept, summary = kept_set(questions, keys)
+        drops: Counter = Counter()
+        pairs = [pair for k in kept for pair in outcome_pairs(k, pairing, max_pairs_per_question, drops)]
+        summary = {**summary, "pairs": len(pairs), "questions_with_pairs": len({p["question_index"] for p in pairs}),
+                   "distinct_chosen_per_question": _distinct_chosen_per_question(pairs),
+                   **{f"dropped_{rule}": count for rule, count in sorted(drops.items())}}
+        return pairs, summary
+
+    spec = ctx.stage_spec(rationales=rationales_key, kept=keys, pairing=pairing,
+                          max_pairs_per_question=max_pairs_per_question, seeded=False)
+    pairs, key, summary = stored_records(ctx, "outcome_pairs", spec, PAIRS_FILE, compute, code=__name__)
+    ctx.log({f"outcome_pairs/{name}": value for name, value in summary_counts(summary).items()})
+    return pairs, key, summary
+
+
+def _distinct_chosen_per_question(pairs: list[dict]) -> float:
+    chosen: dict[int, set] = {}
+    for pair in pairs:
+        chosen.setdefault(pair["question_index"], set()).add(pair["chosen"])
+    return sum(map(len, chosen.values())) / max(len(chosen), 1)
+
+
+def summary_counts(summary: dict) -> dict:
+    """The numbers of a stage summary (not its spec or compute record), for the tracker."""
+    return {key: value for key, value in summary.items() if isinstance(value, (int, float)) and key != "finished_at"}

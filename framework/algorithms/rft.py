@@ -6,87 +6,25 @@
         C(x) = the correct y_i, deduplicated (equation signature / edit distance), at most M
     SFT pi_0 on {(x, y) : y in C(x)},  pi_0 = the model as built (the scripts') or pi_sft  (TRL SFTTrainer)
 
-The kept set and its rules live in rationales.py (shared with outcome_dpo and self_explore). The RFT model
-is a stage (`rft`) whose key holds only what determines it (the rationale set, the kept-set keys, the
-starting model and the training keys), so Self-Explore's explorer is the very model an `algorithm=rft`
-job evaluates.
+The rationale set and the kept-set rules are rationales.py's, the RFT model the shared `rft` stage
+(rft_stage.py): outcome DPO and Self-Explore start from this very model.
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, fields
-
-from datasets import Dataset
+from dataclasses import dataclass
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingConfig, SampledQuestion, kept_set,
-                                             nothing_to_train, sample_rationales)
-from framework.algorithms.sft import make_sft_trainer
-from framework.algorithms.training import train_in_stage
-from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
+from framework.algorithms.rationales import OnEmptyConfig, RationaleSamplingConfig, sample_rationales
+from framework.algorithms.rft_stage import RFTStageConfig, rft_model
+from framework.config import AlgorithmConfig, StartingPointConfig
 from framework.models import ModelHandle
 
-log = logging.getLogger(__name__)
-RFT_STARTS = ("base", "sampler")
 
-
-@dataclass
-class RFTStageConfig(TrainingConfig):
-    """The RFT stage's keys: which model it fine-tunes, and how (TrainingConfig's names). The authors'
-    scripts fine-tune the base model with the SFT recipe, so the learning rate is algorithm=sft's."""
-
-    train_from: str = "base"  # base: the model as `model=` builds it (the scripts') | sampler: the model that sampled the rationales
-    num_train_epochs: float = 1.0  # the paper's RFT epochs
-
-    def checks(self, prefix: str) -> None:
-        super().checks(prefix)
-        require(self.train_from in RFT_STARTS, f"{prefix}.train_from", f"must be one of {list(RFT_STARTS)}",
-                self.train_from)
-
-
-def rft_keys(config: RFTStageConfig) -> dict:
-    """What determines the RFT model besides the rationale set, read from either config layout."""
-    return {name: getattr(config, name) for name in [item.name for item in fields(TrainingConfig)] + ["train_from"]}
-
-
-def rft_model(ctx: AlgorithmContext, questions: list[SampledQuestion], rationales_key: str,
-              sampling: RationaleSamplingConfig, training: RFTStageConfig, method: str,
-              on_empty: str = "error") -> ModelHandle:
-    """The RFT model on the kept correct rationales of the rationale set `rationales_key` (the `rft`
-    stage, shared by every method with equal keys)."""
-    keys = sampling.kept_keys(ctx.data.checker)
-    kept, summary = kept_set(questions, keys)
-    targets = [{"prompt": k.question.prompt, "completion": k.text(index)} for k in kept for index in k.correct]
-    ctx.log({f"rft/{name}": value for name, value in summary.items()})
-    start = ctx.built if training.train_from == "base" else ctx.base
-    if not targets:
-        return nothing_to_train(
-            ctx, on_empty, "rft", f"algorithm={method}: none of the sampled rationales reaches its gold answer, so "
-            "RFT has nothing to train on; raise rationales_per_question or train_prompts, start from a stronger "
-            "model (starting_point=sft)" + ("" if method == "rft" else ", or set use_rft=false"), start)
-    log.info("RFT from the %s model on %d correct rationales of %d questions (%s dedup)", training.train_from,
-             len(targets), summary["questions_with_a_kept_correct"], keys["correct_dedup"])
-    spec = {"rationales": rationales_key, "kept": keys, "start": start.fingerprint, "rft": rft_keys(training),
-            "seed": ctx.seed}
-    train = Dataset.from_list(targets)
-    return train_in_stage(ctx, "rft", spec,
-                          lambda checkpoint_dir: make_sft_trainer(ctx, training, checkpoint_dir, train=train,
-                                                                  start=start),
-                          code=__name__, start=start, metadata={"kept_set": summary}, training=training)
-
-
-# ---------------------------------------------------------------------------- algorithm=rft
 @dataclass
 class RFTAlgorithmConfig(RFTStageConfig, RationaleSamplingConfig, OnEmptyConfig, StartingPointConfig,
                          AlgorithmConfig):
     name: str = "rft"
-
-    def checks(self, prefix: str) -> None:
-        RFTStageConfig.checks(self, prefix)
-        OnEmptyConfig.checks(self, prefix)
-        RationaleSamplingConfig.checks(self, prefix)
-        StartingPointConfig.checks(self, prefix)
 
 
 @registry.algorithms.register("rft", RFTAlgorithmConfig)

@@ -23,9 +23,9 @@ step-i prefixes of every rationale still without a pit in one decode call per i,
 the pit; `all_prefixes` asks for every prefix of every rationale in a single call (fewer, larger calls,
 more rollouts). The decode call batches `prefixes_per_batch` prefixes per `generate`.
 
-Step text is lossless: a splitter returns spans that concatenate back to the rationale, so every
-prompt above is exactly what the model wrote after x, and a continuation continues the model's own
-text. A finished incorrect rationale is its own (failed) continuation from s_1..s_n, so that last
+Step text is lossless: a splitter (framework/data/steps.py) returns spans that concatenate back to the
+rationale, so every prompt above is exactly what the model wrote after x, and a continuation continues
+the model's own text. A finished incorrect rationale is its own (failed) continuation from s_1..s_n, so that last
 prefix counts 0 successes without sampling.
 
 Zero pairs, like zero correct rationales for RFT, is a ConfigError naming what to raise.
@@ -37,22 +37,21 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.outcome_dpo import outcome_pair_set
-from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo_on_pairs
+from framework.algorithms.pipeline import generated_records, stored_records
+from framework.algorithms.preference import PreferenceTrainingConfig, train_dpo
 from framework.algorithms.rationales import (OnEmptyConfig, RationaleSamplingConfig, SampledQuestion, kept_set,
-                                             nothing_to_train, numeric_answers, rejected_for_training, sample_rationales,
-                                             stored_records)
-from framework.algorithms.rft import RFTStageConfig, rft_model
+                                             nothing_to_train, numeric_answers, outcome_pair_set,
+                                             rejected_for_training, sample_rationales)
+from framework.algorithms.rft_stage import RFTStageConfig, rft_model
 from framework.config import AlgorithmConfig, StartingPointConfig, Validated, require
+from framework.data.steps import SPLITTERS, split_steps
 from framework.decoding import sample_request
-from framework.generation import ShardedEngine, TransformersEngineConfig, engine_identity, open_engine
 from framework.errors import ConfigError
 from framework.models import ModelHandle
 
@@ -62,116 +61,6 @@ PAIRS_FILE = "pairs.jsonl"
 SCHEDULES = ("rounds", "all_prefixes")
 EXPLORED = ("outcome_pairs", "all_incorrect")
 STEP_CHOSEN = ("shortest_unused", "first")
-
-
-# ---------------------------------------------------------------------------- step splitters
-def _join_blank_pieces(pieces: list[str]) -> list[str]:
-    """Steps from consecutive pieces of a text: a whitespace-only piece joins the step before it (or,
-    at the start, the first step), so the steps stay non-blank and concatenate back to the text."""
-    steps: list[str] = []
-    leading = ""
-    for piece in pieces:
-        if piece.strip():
-            steps.append(leading + piece)
-            leading = ""
-        elif steps:
-            steps[-1] += piece
-        else:
-            leading += piece
-    return steps
-
-
-def split_lines(text: str) -> list[str]:
-    """GSM8K-style: one step per non-empty line, each keeping its line ending."""
-    return _join_blank_pieces(text.splitlines(keepends=True))
-
-
-_DISPLAY_OPENERS = (("\\[", "\\]"), ("$$", "$$"))
-_INLINE_OPENERS = (("\\(", "\\)"), ("$", "$"))
-_BEGIN = re.compile(r"\\begin\{([^}]*)\}")
-
-
-def split_sentences(text: str) -> list[str]:
-    """MATH-style: a step is a sentence or a displayed formula.
-
-    Cuts fall after a sentence end (. ! ? followed by whitespace) outside math, after a display
-    formula ($$..$$, \\[..\\], \\begin{..}..\\end{..}) that ends its line or is followed by a capital
-    letter, after a formula whose content ends a sentence ("$3.$ Then"), and at blank lines. Inline
-    math ($..$, \\(..\\)) never splits; `\\$` is a dollar sign. The whitespace after a cut belongs to
-    the step before it, so the steps concatenate back to `text`."""
-    cuts, index, length = [0], 0, len(text)
-    closing: str | None = None  # the delimiter that ends the math span we are in
-    display = False
-
-    def whitespace_end(position: int) -> int:
-        while position < length and text[position].isspace():
-            position += 1
-        return position
-
-    opened_at = 0  # where the current math span's content starts
-    while index < length:
-        if closing is not None:  # inside math: only look for its end
-            if text.startswith(closing, index):
-                content = text[opened_at:index].rstrip()
-                index += len(closing)
-                end = whitespace_end(index)
-                new_sentence = end < length and text[end].isupper()
-                ended_inside = content.endswith((".", "!", "?")) and end > index  # "... $3.$ Therefore"
-                if (display and ("\n" in text[index:end] or end == length or new_sentence)) or (
-                        ended_inside and new_sentence):
-                    cuts.append(end)
-                    index = end
-                closing, display = None, False
-            else:
-                index += 2 if text[index] == "\\" else 1
-            continue
-        begin = _BEGIN.match(text, index)
-        if begin:
-            closing, display = f"\\end{{{begin.group(1)}}}", True
-            index = opened_at = begin.end()
-            continue
-        opener = next(((o, c, True) for o, c in _DISPLAY_OPENERS if text.startswith(o, index)), None) or next(
-            ((o, c, False) for o, c in _INLINE_OPENERS if text.startswith(o, index)), None)
-        if opener:
-            closing, display = opener[1], opener[2]
-            index = opened_at = index + len(opener[0])
-            continue
-        if text[index] == "\\":  # an escaped character such as \$ or a command
-            index += 2
-            continue
-        if text[index] in ".!?" and index + 1 < length and text[index + 1].isspace():
-            end = whitespace_end(index + 1)
-            cuts.append(end)
-            index = end
-            continue
-        if text[index] == "\n":
-            end = whitespace_end(index)
-            if text.count("\n", index, end) >= 2:  # a blank line: paragraph break
-                cuts.append(end)
-            index = end
-            continue
-        index += 1
-    cuts.append(length)
-    return _join_blank_pieces([text[start:end] for start, end in zip(cuts, cuts[1:]) if end > start])
-
-
-SPLITTERS: dict[str, Callable[[str], list[str]]] = {"lines": split_lines, "sentences": split_sentences}
-
-
-def split_steps(splitter: str, text: str) -> list[str]:
-    """The configured splitter, held to its contract: non-blank steps that concatenate to `text`, and
-    at least one step for any non-blank text."""
-    if not text.strip():
-        return []  # an empty rationale has no step to blame; callers count it
-    steps = SPLITTERS[splitter](text)
-    if not steps:
-        raise ConfigError(f"algorithm.step_splitter={splitter} yields zero steps for a non-empty rationale "
-                          f"{text[:80]!r}; choose a splitter that fits the data (lines: GSM8K-style, "
-                          "sentences: MATH-style)")
-    if "".join(steps) != text or any(not step.strip() for step in steps):
-        raise ConfigError(f"algorithm.step_splitter={splitter} must return non-blank steps that concatenate "
-                          f"back to the rationale (got {steps[:3]!r} for {text[:80]!r})")
-    return steps
 
 
 # ---------------------------------------------------------------------------- first-pit exploration
@@ -369,6 +258,7 @@ class ExplorationConfig(Validated):
     dedup_step_pairs: bool = True  # per question, a pair is kept only if its chosen and rejected texts are unused
 
     def checks(self, prefix: str) -> None:
+        super().checks(prefix)
         require(self.step_splitter in (*SPLITTERS, "auto"), f"{prefix}.step_splitter",
                 f"must be one of {sorted(SPLITTERS) + ['auto']}", self.step_splitter)
         require(self.continuations_per_step >= 1, f"{prefix}.continuations_per_step", "must be >= 1",
@@ -400,13 +290,6 @@ class SelfExploreConfig(PreferenceTrainingConfig, ExplorationConfig, RationaleSa
     name: str = "self_explore"
     use_rft: bool = True  # explorer, DPO policy and reference = the RFT model (paper); false: the starting model
     rft: RFTStageConfig = field(default_factory=RFTStageConfig)
-
-    def checks(self, prefix: str) -> None:
-        PreferenceTrainingConfig.checks(self, prefix)
-        ExplorationConfig.checks(self, prefix)
-        RationaleSamplingConfig.checks(self, prefix)
-        OnEmptyConfig.checks(self, prefix)
-        StartingPointConfig.checks(self, prefix)
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -447,30 +330,25 @@ def exploration_targets(questions: list[SampledQuestion], config: SelfExploreCon
     return targets, without_steps
 
 
-def explore(ctx: AlgorithmContext, config: SelfExploreConfig, questions: list[SampledQuestion],
-            targets_key: dict, targets: list[ExplorationTarget], without_steps: int,
-            explorer: ModelHandle) -> tuple[list[ExplorationRecord], str]:
+def explore(ctx: AlgorithmContext, config: SelfExploreConfig, targets_key: dict, targets: list[ExplorationTarget],
+            without_steps: int, explorer: ModelHandle) -> tuple[list[ExplorationRecord], str]:
     """The exploration record of every target (stage `exploration`)."""
-    spec = {"targets": targets_key, "explorer": explorer.fingerprint, "exploration": config.exploration_keys(),
-            "require_finished": config.require_finished, "seed": ctx.seed,
-            "engine": engine_identity(ctx.engine or TransformersEngineConfig())}
-
-    def compute(shard_dir):
+    def generate(engine):  # one engine for every round
         log.info("exploring %d incorrect rationales (k=%d, %s)", len(targets), config.continuations_per_step,
                  config.exploration_schedule)
-        with open_engine(explorer, ctx.engine, ctx.runtime, ctx.seed) as engine:  # one engine for every round
-            continue_prefixes = sampling_explorer(
-                ShardedEngine(engine, shard_dir), config.continuations_per_step, config.exploration_temperature,
-                config.exploration_top_p, config.continuation_max_new_tokens, config.prefixes_per_batch, ctx.seed)
-            records = explore_first_pits(targets, continue_prefixes,
-                                         lambda text, gold: ctx.data.checker.check(text, gold).correct,
-                                         config.max_explored_steps, config.exploration_schedule)
+        continue_prefixes = sampling_explorer(
+            engine, config.continuations_per_step, config.exploration_temperature, config.exploration_top_p,
+            config.continuation_max_new_tokens, config.prefixes_per_batch, ctx.seed)
+        records = explore_first_pits(targets, continue_prefixes,
+                                     lambda text, gold: ctx.data.checker.check(text, gold).correct,
+                                     config.max_explored_steps, config.exploration_schedule)
         rollouts = sum(r.rollouts for r in records)
         return [asdict(r) for r in records], {"rationales_without_steps": without_steps, "rollouts": rollouts,
                                               "compute": {"rollouts": rollouts}}
 
-    records, key, _ = stored_records(ctx, "exploration", spec, EXPLORATION_FILE, compute, code=__name__,
-                                     generates=True)
+    spec = ctx.stage_spec(targets=targets_key, explorer=explorer, exploration=config.exploration_keys(),
+                          require_finished=config.require_finished)
+    records, key, _ = generated_records(ctx, "exploration", spec, EXPLORATION_FILE, explorer, generate, code=__name__)
     return [ExplorationRecord(**record) for record in records], key
 
 
@@ -488,7 +366,7 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     targets, without_steps = exploration_targets(questions, config, outcome)
     targets_key = ({"outcome_pairs": outcome_key} if config.explored_rationales == "outcome_pairs"
                    else {"rationales": rationales_key, "explored": "all_incorrect"})
-    records, exploration_key = explore(ctx, config, questions, targets_key, targets, without_steps, explorer)
+    records, exploration_key = explore(ctx, config, targets_key, targets, without_steps, explorer)
     ctx.artifacts["exploration"] = (records, lambda text: split_steps(config.step_splitter, text))
 
     keys = config.kept_keys(ctx.data.checker)
@@ -497,8 +375,9 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     pairs, dropped = step_level_pairs(records, correct, ctx.data.checker, config.strip_rejected_answer,
                                       config.step_chosen, config.dedup_step_pairs)
     summary = exploration_summary(records, pairs, dropped)
-    pairs_spec = {"exploration": exploration_key, "kept": keys, "strip_rejected_answer": config.strip_rejected_answer,
-                  "step_chosen": config.step_chosen, "dedup_step_pairs": config.dedup_step_pairs}
+    pairs_spec = ctx.stage_spec(exploration=exploration_key, kept=keys,
+                                strip_rejected_answer=config.strip_rejected_answer, step_chosen=config.step_chosen,
+                                dedup_step_pairs=config.dedup_step_pairs, seeded=False)
     pairs, pairs_key, _ = stored_records(ctx, "step_pairs", pairs_spec, PAIRS_FILE, lambda: (pairs, summary),
                                          code=__name__)
     ctx.log({f"self_explore/{name}": value for name, value in summary.items()})
@@ -512,4 +391,6 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
             f"{summary.get('dropped_pit_at_step_1_without_a_correct_rationale', 0)} pits at step 1 with no correct "
             "rationale to pair); raise rationales_per_question or train_prompts, or start from a stronger model "
             "(starting_point=sft)", explorer)
-    return train_dpo_on_pairs(ctx, "self_explore", explorer, pairs, config, pairs_key, metadata={"pairs": summary})
+    spec = ctx.stage_spec(pairs=pairs_key, start=explorer, training=config.preference_keys())
+    return train_dpo(ctx, "self_explore", spec, explorer, pairs, config, rejected_eos=config.rejected_eos,
+                     code=__name__, metadata={"pairs": summary})

@@ -6,25 +6,23 @@
     BoN-SFT: SFT on (x, the selector's pick among y_1..y_N)
     DPO:     pairs (y+, y-) with r_self(y+) > r_self(y-), trained with DPO against pi_base
 
-The self-reward is the one the `bon` decoder uses (`selector`: logprob | length_norm | majority), so
-inference-time and trained sharpening rank samples identically. The sampled set is a stage of its
-own (`samples`): BoN-SFT and DPO with the same sampling keys and starting model read one file,
-`samples.jsonl`, which is also the artifact to inspect.
+The self-reward is the one the `bon` decoder uses (framework/self_reward.py; `selector`: logprob |
+length_norm | majority), so inference-time and trained sharpening rank samples identically. The sampled
+set is a stage of its own (`samples`): BoN-SFT and DPO with the same sampling keys and starting model
+read one file, `samples.jsonl`, which is also the artifact to inspect.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
-from collections import Counter
 from dataclasses import asdict, dataclass, fields
-from types import SimpleNamespace
 
 from framework.algorithms import AlgorithmContext
-from framework.bon import SELECTOR_NAMES, select
+from framework.algorithms.pipeline import generated_records
 from framework.config import TrainingSamplingConfig, require
 from framework.decoding import sample_request
-from framework.generation import Candidate, ShardedEngine, TransformersEngineConfig, engine_identity, open_engine
+from framework.generation import Candidate
+from framework.self_reward import SELECTOR_NAMES, select, self_rewards
 
 log = logging.getLogger(__name__)
 PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "random_pair")
@@ -41,7 +39,7 @@ class SelfRewardSamplingConfig(TrainingSamplingConfig):
     selector: str = "logprob"  # self-reward: logprob | length_norm | majority (votes of the extracted answer)
 
     def checks(self, prefix: str) -> None:
-        TrainingSamplingConfig.checks(self, prefix)
+        super().checks(prefix)
         require(self.samples_per_prompt >= 1, f"{prefix}.samples_per_prompt", "must be >= 1", self.samples_per_prompt)
         require(self.selector in SELECTOR_NAMES, f"{prefix}.selector", f"must be one of {', '.join(SELECTOR_NAMES)}",
                 self.selector)
@@ -51,25 +49,7 @@ class SelfRewardSamplingConfig(TrainingSamplingConfig):
         return {item.name: getattr(self, item.name) for item in fields(SelfRewardSamplingConfig)}
 
 
-# ---------------------------------------------------------------------------- self-reward
-def self_rewards(selector: str, candidates: list[Candidate], answers: list[str | None]) -> list[float]:
-    """r_self of each candidate: its log-prob, its per-token log-prob, or (majority) the number of
-    candidates that share its extracted answer (0 for a candidate without an answer)."""
-    if selector == "logprob":
-        return [candidate.logprob for candidate in candidates]
-    if selector == "length_norm":
-        return [candidate.logprob / max(candidate.num_tokens, 1) for candidate in candidates]
-    if selector == "majority":
-        votes = Counter(answer for answer in answers if answer is not None)
-        return [float(votes[answer]) if answer is not None else 0.0 for answer in answers]
-    raise ValueError(f"unknown selector {selector!r}; expected one of {SELECTOR_NAMES}")
-
-
-def best_index(selector: str, candidates: list[Candidate], answers: list[str | None]) -> int:
-    """The `bon` decoder's pick: the same rule, ties included, as inference-time best-of-N."""
-    return select(selector, candidates, answers)
-
-
+# ---------------------------------------------------------------------------- pairs
 def build_pairs(selector: str, candidates: list[Candidate], answers: list[str | None], strategy: str,
                 rng: random.Random) -> list[tuple[int, int]]:
     """(chosen, rejected) index pairs among one prompt's candidates, chosen with strictly higher r_self.
@@ -87,7 +67,7 @@ def build_pairs(selector: str, candidates: list[Candidate], answers: list[str | 
         if rewards[first] == rewards[second]:
             return []
         return [(first, second) if rewards[first] > rewards[second] else (second, first)]
-    best = best_index(selector, candidates, answers)
+    best = select(selector, candidates, answers)  # the `bon` decoder's pick, ties included
     lower = [i for i in range(len(candidates)) if rewards[i] < rewards[best]]
     if not lower:
         return []
@@ -126,31 +106,20 @@ def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig)
     prompts = list(ctx.data.train["prompt"])
     if config.train_prompts is not None:
         prompts = prompts[: config.train_prompts]
-    spec = {"sampling": config.sampling_keys(), "base": ctx.base.fingerprint, "data": ctx.data.fingerprint,
-            "seed": ctx.seed, "prompts": len(prompts), "engine": engine_identity(ctx.engine or TransformersEngineConfig())}
-    # every process takes part: the batches split across them, shards resume an interrupted stage
-    with ctx.stages.open("samples", spec, code=__name__, collective=True, processes_in_key=False) as stage:
-        if stage.done:
-            log.info("reusing sampled set %s", stage.output / SAMPLES_FILE)
-        else:
-            log.info("sampling %d responses for each of %d training prompts", config.samples_per_prompt, len(prompts))
-            request = sample_request(config.samples_per_prompt, config.temperature, config.top_p, config.max_new_tokens)
-            with open_engine(ctx.base, ctx.engine, ctx.runtime, ctx.seed) as engine:
-                outputs = ShardedEngine(engine, stage.checkpoints / "generation").generate(
-                    prompts, request, seed=ctx.seed, prompts_per_batch=config.prompts_per_batch)
-            decoded = [SimpleNamespace(candidates=candidates) for candidates in outputs]
-            records = [SampledPrompt(prompt, result.candidates,
-                                     [ctx.data.checker.extract(c.text) for c in result.candidates]).to_record()
-                       for prompt, result in zip(prompts, decoded)]
-            output = stage.new_output_dir()
-            with (output / SAMPLES_FILE).open("w", encoding="utf-8") as handle:
-                for record in records:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            summary = sampled_set_summary([SampledPrompt.from_record(r) for r in records])
-            summary["compute"] = {"generated_tokens": sum(c.num_tokens for result in decoded for c in result.candidates)}
-            stage.commit(summary)
-        with (stage.output / SAMPLES_FILE).open(encoding="utf-8") as handle:
-            sampled = [SampledPrompt.from_record(json.loads(line)) for line in handle]
+
+    def generate(engine):
+        log.info("sampling %d responses for each of %d training prompts", config.samples_per_prompt, len(prompts))
+        request = sample_request(config.samples_per_prompt, config.temperature, config.top_p, config.max_new_tokens)
+        outputs = engine.generate(prompts, request, seed=ctx.seed, prompts_per_batch=config.prompts_per_batch)
+        sampled = [SampledPrompt(prompt, candidates, [ctx.data.checker.extract(c.text) for c in candidates])
+                   for prompt, candidates in zip(prompts, outputs)]
+        summary = sampled_set_summary(sampled)
+        summary["compute"] = {"generated_tokens": sum(c.num_tokens for candidates in outputs for c in candidates)}
+        return [prompt.to_record() for prompt in sampled], summary
+
+    spec = ctx.stage_spec(sampling=config.sampling_keys(), base=ctx.base, data=ctx.data, prompts=len(prompts))
+    records, _, _ = generated_records(ctx, "samples", spec, SAMPLES_FILE, ctx.base, generate, code=__name__)
+    sampled = [SampledPrompt.from_record(record) for record in records]
     ctx.log({f"samples/{key}": value for key, value in sampled_set_summary(sampled).items()})
     ctx.artifacts["sampled_set"] = (sampled, ctx.base)  # scored against gold by the launcher (premises.py)
     return sampled

@@ -25,7 +25,7 @@ from trl import SFTTrainer
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.sft import make_sft_trainer
+from framework.algorithms.sft_stage import make_sft_trainer
 from framework.algorithms.training import train_in_stage
 from framework.config import AlgorithmConfig, TrainingConfig, require
 from framework.models import ModelHandle

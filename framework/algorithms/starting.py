@@ -1,12 +1,14 @@
-"""The context every algorithm plugin starts from, prepared the same way for all of them by the launcher.
+"""The context every algorithm plugin starts from, prepared the same way for all of them by the launcher,
+and the control of the method that ran in it.
 
 A module of its own so that the stage code fingerprints of the methods (framework/stages.py) do not
-all include the SFT warm start: only the launcher imports this.
+all include the SFT warm start: only the launcher imports this. It imports no method plugin: the SFT
+warm start and the controls train with the shared SFT block (sft_stage.py).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from typing import Callable
 
 from framework.algorithms import AlgorithmContext
@@ -25,10 +27,10 @@ def starting_context(ctx: AlgorithmContext, algorithm: Callable) -> AlgorithmCon
     - a plugin registered with `label_free=True` gets data without gold answers or demonstrations.
     """
     if getattr(ctx.config, "starting_point", "base") == "sft":
-        from framework.algorithms.sft import default_sft_model
+        from framework.algorithms.sft_stage import default_sft_model
 
         ctx = replace(ctx, base=default_sft_model(ctx), initial=ctx.built)
-    if getattr(algorithm, "label_free", False):
+    if algorithm.label_free:
         # the method sees prompts only; its control (train_control) trains on the gold demonstrations
         ctx = replace(ctx, data=ctx.data.without_labels(), control_data=ctx.data)
     return ctx
@@ -41,7 +43,7 @@ def train_control(ctx: AlgorithmContext) -> tuple[ModelHandle, ModelHandle] | No
     and clipping (stage `control`). It separates what the method's data does from what more optimizer steps
     on the same model do. Returns (control model, the model it started from); None when the method trained
     nothing of its own, or trained from the model as built (SOC, RFT): SFT itself is then the control."""
-    from framework.algorithms.sft import SFTAlgorithmConfig, make_sft_trainer
+    from framework.algorithms.sft_stage import SFTAlgorithmConfig, make_sft_trainer
     from framework.algorithms.training import train_in_stage
 
     own = [stage for stage in ctx.trained if stage["kind"] == ctx.config.name]
@@ -57,8 +59,8 @@ def train_control(ctx: AlgorithmContext) -> tuple[ModelHandle, ModelHandle] | No
     keys = {item.name: getattr(training, item.name) for item in fields(TrainingConfig)}
     config = SFTAlgorithmConfig(**{**keys, "max_steps": max(int(steps), 1), "trainer": {}})
     log.info("control of %s: SFT on the demonstrations for %d steps from %s", ctx.config.name, steps, start.path)
-    spec = {"start": start.fingerprint, "data": data.fingerprint, "training": asdict(config), "seed": ctx.seed}
     control_ctx = replace(ctx, config=config, data=data, trained=[])
+    spec = control_ctx.stage_spec(start=start, data=data, training=config)
     trained = train_in_stage(control_ctx, "control", spec,
                              lambda checkpoint_dir: make_sft_trainer(control_ctx, config, checkpoint_dir, start=start),
                              code=__name__, start=start)

@@ -49,8 +49,9 @@ from framework.algorithms import AlgorithmContext
 from framework.algorithms.training import peft_config, train_in_stage, trainer_arguments
 from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
 from framework.models import ModelHandle
+from framework.self_reward import SCORE_SELECTORS
 
-SELF_REWARDS = ("logprob", "length_norm")
+SELF_REWARDS = tuple(SCORE_SELECTORS)  # the score self-rewards of best-of-N (majority needs answers: none here)
 
 
 @dataclass
@@ -74,8 +75,7 @@ class XPOConfig(TrainingConfig, StartingPointConfig, AlgorithmConfig):
     max_length: int = 2048  # prompt + completion: room for the dataset's generation length
 
     def checks(self, prefix: str) -> None:
-        TrainingConfig.checks(self, prefix)
-        StartingPointConfig.checks(self, prefix)
+        super().checks(prefix)
         require(math.isfinite(self.beta) and self.beta > 0, f"{prefix}.beta", "must be > 0", self.beta)
         require(len(self.alpha) >= 1, f"{prefix}.alpha", "must list at least one value (one value = constant)",
                 self.alpha)
@@ -109,7 +109,9 @@ def prefer_policy_sample(policy_rewards: torch.Tensor, reference_rewards: torch.
 
 
 def self_reward(base_logps: torch.Tensor, lengths: torch.Tensor, kind: str) -> torch.Tensor:
-    """r_self from the summed log pi_base of each completion and its token count (EOS included)."""
+    """r_self from the summed log pi_base of each completion and its token count (EOS included): the
+    formulas of framework/self_reward.py, on the trainer's float32 tensors (its float64 lists would round
+    differently, and a tie on r_self decides which sample is chosen)."""
     if kind == "logprob":
         return base_logps
     if kind == "length_norm":

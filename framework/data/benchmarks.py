@@ -37,7 +37,7 @@ from framework.config import DatasetConfig, require
 from framework.data import answers
 from framework.data.answers import (GaokaoAnswerChecker, LetterAnswerChecker, MathAnswerChecker,
                                     NumericAnswerChecker, extract_strict, last_boxed)
-from framework.data.loaders import TaskData
+from framework.data.task import TaskData
 from framework.data.prompts import PROMPT_FORMATS, few_shot_block, fill
 from framework.errors import ConfigError
 

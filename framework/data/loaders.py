@@ -1,21 +1,13 @@
-"""Dataset plugins: each turns its config node into train/test `datasets.Dataset`s with the columns
-
-    question     the problem text
-    prompt       what the model sees: the question in the dataset's prompt format (for chat, the user
-                 message until `TaskData.render_prompts` applies the model's chat template)
-    completion   the demonstration (a worked solution ending in its final answer); absent when the rows
-                 have none (GAOKAO)
-    gold_answer  the final answer, used by evaluation (and by methods allowed labels)
-
-plus the answer checker evaluation uses and a fingerprint of everything that determines the rows.
-This module holds TaskData and the embedded arith task; benchmarks.py the real benchmarks.
+"""Dataset plugins: each turns its config node into a `TaskData` (task.py: the train/test splits and their
+columns, the answer checker, the fingerprint of the rows). This module holds the embedded arith task and
+the reader of local GSM8K-format files; benchmarks.py the real benchmarks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
@@ -23,49 +15,11 @@ from datasets import Dataset
 from framework import registry
 from framework.config import DatasetConfig, require
 from framework.data import arith
-from framework.data.answers import AnswerChecker, NumericAnswerChecker
+from framework.data.answers import NumericAnswerChecker
+from framework.data.task import TaskData
 from framework.errors import ConfigError
 
 SPLITS = ("train", "test")
-
-
-@dataclass
-class TaskData:
-    train: Dataset  # may be empty (evaluation-only datasets), with the same columns
-    test: Dataset
-    checker: AnswerChecker
-    fingerprint: dict = field(default_factory=dict)  # determines the rows; part of every stage key
-    # zero_shot | few_shot: `prompt` is the final text. chat: `prompt` holds the user message until
-    # `render_prompts(tokenizer)` wraps it in the model's chat template (the loader has no tokenizer).
-    prompt_format: str = "zero_shot"
-    system_prompt: str | None = None  # chat only: an optional system turn before the user message
-    chat_rendered: bool = False  # render_prompts has run (it is idempotent)
-
-    UNLABELLED_COLUMNS = ("question", "prompt")
-
-    @property
-    def has_demonstrations(self) -> bool:
-        """Whether the training split carries worked solutions (`completion`) to train on."""
-        return "completion" in self.train.column_names
-
-    def without_labels(self) -> "TaskData":
-        """The same problems with gold answers and demonstrations removed, for label-free methods."""
-        keep = lambda split: split.select_columns([c for c in self.UNLABELLED_COLUMNS if c in split.column_names])
-        return replace(self, train=keep(self.train), test=keep(self.test))
-
-    def render_prompts(self, tokenizer) -> "TaskData":
-        """For prompt_format=chat: every `prompt` becomes the model's chat-template text of
-        [system turn,] user turn + the generation prompt. A no-op for the other formats and when done."""
-        if self.prompt_format != "chat" or self.chat_rendered:
-            return self
-        from framework.data.prompts import chat_renderer
-
-        render = chat_renderer(tokenizer, self.system_prompt)  # ConfigError without a chat template
-        swap = lambda split: split.remove_columns("prompt").add_column("prompt", [render(p) for p in split["prompt"]])
-        fingerprint = {**self.fingerprint, "chat_template": hashlib.sha256(
-            tokenizer.chat_template.encode("utf-8")).hexdigest()[:16]}
-        return replace(self, train=swap(self.train), test=swap(self.test), fingerprint=fingerprint,
-                       chat_rendered=True)
 
 
 def _rows_to_dataset(rows: list[dict], template: str, checker, where: str) -> Dataset:
@@ -182,7 +136,3 @@ def load_arith(config: ArithDatasetConfig) -> TaskData:
             for split, rows in splits.items()}
     return TaskData(data["train"], data["test"], checker, fingerprint)
 
-
-# The benchmark options (gsm8k, math, math500, gaokao2023en, prontoqa) register themselves on import;
-# imported here, after TaskData exists, so that loading this module registers every dataset.
-from framework.data import benchmarks  # noqa: E402,F401

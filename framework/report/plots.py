@@ -1,4 +1,4 @@
-"""The report's figures (PNG), drawn from the aggregated cells of framework/report.py.
+"""The report's figures (PNG), drawn from its cells (aggregate.py).
 
 - accuracy_by_method.png: accuracy per method, one bar per decoder, 95% interval; * = significantly
   different from SFT with the same decoder (Holm-adjusted).
@@ -123,14 +123,14 @@ def vs_beam_width(cells: list, path: Path, title: str) -> str | None:
 
 def _curve(cell) -> tuple[list[int], list[float], list[float], list[float]]:
     """N, mean accuracy over seeds, and the lowest and highest seed, on the sizes every seed has."""
-    curves = [run["metrics"]["bon_accuracy_by_n"] for run in cell.runs]
+    curves = [run.result.metrics["bon_accuracy_by_n"] for run in cell.runs]
     sizes = sorted(set.intersection(*({int(n) for n in curve} for curve in curves)))
     values = [[curve[str(n)] for curve in curves] for n in sizes]
     return sizes, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
 def vs_n(cells: list, path: Path, title: str) -> str | None:
-    curves = [c for c in cells if all("bon_accuracy_by_n" in run["metrics"] for run in c.runs)]
+    curves = [c for c in cells if all("bon_accuracy_by_n" in run.result.metrics for run in c.runs)]
     if not curves:
         return "needs decoder=bon runs (bon_accuracy_by_n in results.json)"
     methods = list(dict.fromkeys(c.algorithm for c in curves))
@@ -152,14 +152,14 @@ def vs_n(cells: list, path: Path, title: str) -> str | None:
             if len(cell.runs) > 1:
                 axes.fill_between(sizes, [100 * v for v in low], [100 * v for v in high], color=color, alpha=0.15)
         first = mine[0]
-        coverage = [(n, sum(run["metrics"][f"pass@{n}"] for run in first.runs) / len(first.runs))
-                    for n in _curve(first)[0] if all(f"pass@{n}" in run["metrics"] for run in first.runs)]
+        coverage = [(n, sum(run.result.metrics[f"pass@{n}"] for run in first.runs) / len(first.runs))
+                    for n in _curve(first)[0] if all(f"pass@{n}" in run.result.metrics for run in first.runs)]
         if coverage:
             axes.plot([n for n, _ in coverage], [100 * v for _, v in coverage], linestyle="--", color="grey",
                       label="pass@N (coverage)")
         greedy = next((c.accuracy for c in cells if c.algorithm == method and c.decoder == "greedy"), None)
-        if greedy is None and all("greedy_accuracy" in run["metrics"] for run in first.runs):
-            greedy = sum(run["metrics"]["greedy_accuracy"] for run in first.runs) / len(first.runs)
+        if greedy is None and all("greedy_accuracy" in run.result.metrics for run in first.runs):
+            greedy = sum(run.result.metrics["greedy_accuracy"] for run in first.runs) / len(first.runs)
         if greedy is not None:
             axes.axhline(100 * greedy, linestyle=":", color="black", label="greedy")
         axes.set_xscale("log", base=2)

@@ -3,35 +3,24 @@
 
 Everything is computed from the sweep's artifacts: the jobs' generations.jsonl (gold answers are used here,
 by the report, only) and the `premises` record the launcher writes after a method trains
-(framework/premises.py). The report (framework/report.py) passes in its cells and its paired comparison, so
-this module needs nothing from it.
+(framework/premises.py). The report (render.py) passes in its cells and its paired comparison.
 
 A claim's verdict reads its paired 95% interval: `held` when the interval lies on the claimed side of 0,
 `not held` when it lies on the other side, `not resolved` when it contains 0.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Callable
 
 from framework.bon import select
 from framework.generation import Candidate
 
-# the premises the issue tracker set for the embedded starting model (README, "The embedded task")
+# the embedded starting model's premises (docs/embedded-task.md)
 GREEDY_RANGE = (0.40, 0.75)
 SAMPLE_OVER_GREEDY_MIN = 0.7
 PASS_N_OVER_GREEDY_MIN = 0.15
 EQUATION = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
-
-
-def _rows(record: dict) -> list[dict]:
-    path = Path(record.get("job_dir") or "") / "generations.jsonl"
-    if not record.get("job_dir") or not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _by_problem(rows: list[dict]) -> dict[int, list[dict]]:
@@ -87,12 +76,13 @@ def _per_seed_sample_stats(bon_cell, problems: set[int] | None) -> tuple[dict, d
     decoder's temperature), on `problems` (None: all)."""
     sample, pass_n, size = {}, {}, 0
     for run in bon_cell.runs:
-        grouped = {p: rows for p, rows in _by_problem(_rows(run)).items() if problems is None or p in problems}
+        grouped = {p: rows for p, rows in _by_problem(run.generations()).items() if problems is None or p in problems}
         if not grouped:
             continue
         size = max(len(rows) for rows in grouped.values())
-        sample[run["seed"]] = sum(sum(r["correct"] for r in rows) / len(rows) for rows in grouped.values()) / len(grouped)
-        pass_n[run["seed"]] = sum(any(r["correct"] for r in rows) for rows in grouped.values()) / len(grouped)
+        seed = run.result.seed
+        sample[seed] = sum(sum(r["correct"] for r in rows) / len(rows) for rows in grouped.values()) / len(grouped)
+        pass_n[seed] = sum(any(r["correct"] for r in rows) for rows in grouped.values()) / len(grouped)
     return sample, pass_n, size
 
 
@@ -112,8 +102,8 @@ def _method_premises(cells, method: str) -> dict[str, dict[int, float]]:
         if cell.algorithm != method:
             continue
         for run in cell.runs:
-            for key, value in (run.get("premises") or {}).items():
-                values.setdefault(key, {})[run["seed"]] = value
+            for key, value in (run.result.premises or {}).items():
+                values.setdefault(key, {})[run.result.seed] = value
     return values
 
 
@@ -122,11 +112,11 @@ def premises_lines(cells) -> list[str]:
     rows = []
     greedy, bon = _cell(cells, "sft", "greedy"), _cell(cells, "sft", "bon")
     if greedy is not None:
-        accuracy = {run["seed"]: run["metrics"]["accuracy"] for run in greedy.runs}
+        accuracy = {run.result.seed: run.result.metrics["accuracy"] for run in greedy.runs}
         mean = sum(accuracy.values()) / len(accuracy)
         rows.append(["SFT greedy accuracy", _seed_mean(accuracy), f"in [{GREEDY_RANGE[0]:.2f}, {GREEDY_RANGE[1]:.2f}]",
                      "yes" if GREEDY_RANGE[0] <= mean <= GREEDY_RANGE[1] else "no"])
-        wrong = [r for run in greedy.runs for r in _rows(run) if r.get("chosen") and not r["correct"]]
+        wrong = [r for run in greedy.runs for r in run.generations() if r.get("chosen") and not r["correct"]]
         if wrong:
             share = sum(wrong_equation(r.get("generation", "")) for r in wrong) / len(wrong)
             rows.append(["SFT greedy errors that state an arithmetic fact wrongly", f"{share:.3g} of {len(wrong)}",
@@ -187,14 +177,14 @@ def _selector_scores(bon_cell, selector: str) -> dict[int, dict[int, float]]:
     scores = {}
     for run in bon_cell.runs:
         per_problem = {}
-        for problem, rows in _by_problem(_rows(run)).items():
+        for problem, rows in _by_problem(run.generations()).items():
             if any(key not in row for row in rows for key in ("generation", "num_tokens", "logprob", "extracted")):
                 return {}  # generations written without what the selectors read
             rows = sorted(rows, key=lambda r: r["candidate"])
             candidates = [Candidate(r["generation"], int(r["num_tokens"]), float(r["logprob"]), bool(r["finished"]), [])
                           for r in rows]
             per_problem[problem] = float(rows[select(selector, candidates, [r["extracted"] for r in rows])]["correct"])
-        scores[run["seed"]] = per_problem
+        scores[run.result.seed] = per_problem
     return scores
 
 
@@ -225,7 +215,7 @@ def fidelity_lines(cells, compare: Callable, compare_scores: Callable) -> list[s
         logprob = _selector_scores(bon, "logprob")
         claim("sharpening", f"best-of-{size} by log-prob lifts over greedy (on SFT)",
               compare_scores(logprob, greedy.scores_by_seed()), +1)
-        curves = [run["metrics"].get("bon_accuracy_by_n") for run in bon.runs]
+        curves = [run.result.metrics.get("bon_accuracy_by_n") for run in bon.runs]
         if curves and all(curves):
             sizes = sorted({int(n) for curve in curves for n in curve})
             mean = {n: sum(curve[str(n)] for curve in curves) / len(curves) for n in sizes}

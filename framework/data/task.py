@@ -1,0 +1,59 @@
+"""The task data every dataset plugin returns: train/test `datasets.Dataset`s with the columns
+
+    question     the problem text
+    prompt       what the model sees: the question in the dataset's prompt format (for chat, the user
+                 message until `TaskData.render_prompts` applies the model's chat template)
+    completion   the demonstration (a worked solution ending in its final answer); absent when the rows
+                 have none (GAOKAO)
+    gold_answer  the final answer, used by evaluation (and by methods allowed labels)
+
+plus the answer checker evaluation uses and a fingerprint of everything that determines the rows.
+A module of its own, below the loaders (loaders.py, benchmarks.py) that build it.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from datasets import Dataset
+
+from framework.data.answers import AnswerChecker
+
+
+@dataclass
+class TaskData:
+    train: Dataset  # may be empty (evaluation-only datasets), with the same columns
+    test: Dataset
+    checker: AnswerChecker
+    fingerprint: dict = field(default_factory=dict)  # determines the rows; part of every stage key
+    # zero_shot | few_shot: `prompt` is the final text. chat: `prompt` holds the user message until
+    # `render_prompts(tokenizer)` wraps it in the model's chat template (the loader has no tokenizer).
+    prompt_format: str = "zero_shot"
+    system_prompt: str | None = None  # chat only: an optional system turn before the user message
+    chat_rendered: bool = False  # render_prompts has run (it is idempotent)
+
+    UNLABELLED_COLUMNS = ("question", "prompt")
+
+    @property
+    def has_demonstrations(self) -> bool:
+        """Whether the training split carries worked solutions (`completion`) to train on."""
+        return "completion" in self.train.column_names
+
+    def without_labels(self) -> "TaskData":
+        """The same problems with gold answers and demonstrations removed, for label-free methods."""
+        keep = lambda split: split.select_columns([c for c in self.UNLABELLED_COLUMNS if c in split.column_names])
+        return replace(self, train=keep(self.train), test=keep(self.test))
+
+    def render_prompts(self, tokenizer) -> "TaskData":
+        """For prompt_format=chat: every `prompt` becomes the model's chat-template text of
+        [system turn,] user turn + the generation prompt. A no-op for the other formats and when done."""
+        if self.prompt_format != "chat" or self.chat_rendered:
+            return self
+        from framework.data.prompts import chat_renderer
+
+        render = chat_renderer(tokenizer, self.system_prompt)  # ConfigError without a chat template
+        swap = lambda split: split.remove_columns("prompt").add_column("prompt", [render(p) for p in split["prompt"]])
+        fingerprint = {**self.fingerprint, "chat_template": hashlib.sha256(
+            tokenizer.chat_template.encode("utf-8")).hexdigest()[:16]}
+        return replace(self, train=swap(self.train), test=swap(self.test), fingerprint=fingerprint,
+                       chat_rendered=True)

@@ -1,0 +1,306 @@
+"""The report's text: report.md and report.csv (one row per method x decoder, from the cells), the
+per-job table comparison.md / comparison.csv, the beam-width table and the best-of-N-by-N table."""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+from framework.report.aggregate import BASELINE, Cell, aggregate, mean_or_none, method_rank, paired_comparison
+from framework.report.checks import run_checks
+from framework.report.fidelity import fidelity_lines, premises_lines
+from framework.report.plots import write_plots
+from framework.report.statistics import (
+    BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, SIGNIFICANCE_LEVEL, Comparison, minimum_detectable_difference,
+    paired_scores_comparison,
+)
+from framework.report.sweep import Run
+
+# report.md's columns, report.csv's, and the per-job table's (comparison.md, comparison.csv)
+REPORT_COLUMNS = ("method", "decoder", "seeds", "accuracy % [95% CI]", "lift vs greedy %", "pass@N %",
+                  f"Δ vs {BASELINE}, points [95% CI]", "p (Holm)", "Δ vs control, points [95% CI]", "p (Holm) ",
+                  "train tokens", "sampled tokens", "eval tokens", "train s", "decode s")
+CSV_COLUMNS = ("dataset", "model", "method", "decoder", "seeds", "num_problems", "accuracy", "ci_low", "ci_high",
+               "interval", "lift_over_greedy_pct", "pass_n", "pass_at_n", "delta_vs_baseline", "delta_ci_low",
+               "delta_ci_high", "p_value", "p_holm", "significant", "delta_vs_control", "control_ci_low",
+               "control_ci_high", "control_p_value", "control_p_holm", "control_significant", "train_tokens",
+               "sampling_generated_tokens", "eval_generated_tokens", "train_seconds", "decode_seconds", "wall_seconds")
+COLUMNS = ("algorithm", "decoder", "seed", "accuracy", "95% CI", "flexible", "pass@k", "lift vs greedy %",
+           "mean tokens", "train s", "decode s")
+
+
+def _count(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _p(value: float | None) -> str:
+    return "—" if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.1f}"
+
+
+def _delta(comparison: Comparison | None) -> list[str]:
+    """The Δ cell and the p cell of a comparison."""
+    if comparison is None:
+        return ["—", "—"]
+    return [f"{100 * comparison.difference:+.1f} [{100 * comparison.low:+.1f}, {100 * comparison.high:+.1f}]"
+            + (" *" if comparison.significant else ""), f"{_p(comparison.p_value)} ({_p(comparison.p_holm)})"]
+
+
+# ---------------------------------------------------------------------------- report.md, report.csv
+def report_rows(cells: list[Cell]) -> list[list[str]]:
+    rows = []
+    for cell in cells:
+        rows.append([
+            cell.algorithm, cell.decoder_label, str(len(cell.runs)),
+            f"{100 * cell.accuracy:.1f} [{_percent(cell.ci_low)}, {_percent(cell.ci_high)}]",
+            _signed(cell.lift), "—" if cell.pass_n is None else f"{100 * cell.pass_n[1]:.1f} (N={cell.pass_n[0]})",
+            *_delta(cell.comparison), *_delta(cell.control_comparison),
+            _count(cell.compute.get("train_tokens")), _count(cell.compute.get("sampling_generated_tokens")),
+            _count(cell.compute.get("eval_generated_tokens")), _count(cell.compute.get("train_seconds")),
+            "—" if cell.compute.get("decode_seconds") is None else f"{cell.compute['decode_seconds']:.1f}",
+        ])
+    return rows
+
+
+def report_csv(cells: list[Cell]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for cell in cells:
+        writer.writerow([
+            cell.dataset, cell.model, cell.algorithm, cell.decoder_label, " ".join(map(str, cell.seeds)),
+            cell.num_problems, cell.accuracy, cell.ci_low, cell.ci_high, cell.interval, cell.lift,
+            *(cell.pass_n if cell.pass_n else ("", "")),
+            *(value for c in (cell.comparison, cell.control_comparison)
+              for value in ((c.difference, c.low, c.high, c.p_value, c.p_holm, c.significant) if c else ("",) * 6)),
+            *(cell.compute.get(key) for key in ("train_tokens", "sampling_generated_tokens", "eval_generated_tokens",
+                                                  "train_seconds", "decode_seconds", "wall_seconds")),
+        ])
+    return buffer.getvalue()
+
+
+def _markdown_table(header, rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _minimum_detectable_lines(cells: list[Cell]) -> list[str]:
+    by_decoder: dict[str, list[float]] = {}
+    for cell in cells:
+        if cell.comparison is not None:
+            by_decoder.setdefault(cell.decoder_label, []).append(minimum_detectable_difference(cell.comparison))
+    if not by_decoder:
+        return []
+    parts = [f"{label} {100 * sorted(v)[len(v) // 2]:.1f} points ({len(v)} comparisons, "
+             f"{100 * min(v):.1f}-{100 * max(v):.1f})" for label, v in by_decoder.items()]
+    return ["Minimum detectable difference vs the baseline (80% power, two-sided 5%, unadjusted; median over "
+            "methods, from each paired interval's standard error): " + "; ".join(parts) + ".", ""]
+
+
+def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: list[str],
+                    plots: list[tuple[str, str | None]] | None, baseline: str = BASELINE,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> str:
+    lines = [f"# Comparison report: {title}", ""]
+    if missing:
+        lines += [f"**{len(missing)} job(s) without results** (failed, killed or never started); their rows "
+                  "are missing or rest on fewer seeds:", ""] + [f"- {line}" for line in missing] + [""]
+    if not cells:
+        return "\n".join(lines + ["No job in this sweep has results yet."])
+    header = [h.replace(f"vs {BASELINE}", f"vs {baseline}") for h in REPORT_COLUMNS]
+    for dataset, model in dict.fromkeys((c.dataset, c.model) for c in cells):
+        group = [c for c in cells if (c.dataset, c.model) == (dataset, model)]
+        seeds = sorted({seed for cell in group for seed in cell.seeds})
+        problems = sorted({cell.num_problems for cell in group})
+        lines += [f"## `{dataset}` with model `{model}`", "",
+                  f"{'/'.join(map(str, problems))} test problems, seeds {', '.join(map(str, seeds))}.", ""]
+        lines += _markdown_table(header, report_rows(group)) + [""]
+        lines += _minimum_detectable_lines(group)
+        if premises := premises_lines(group):
+            lines += ["### Premises: is the starting model in the regime the papers assume?", "", *premises, "",
+                      "Measured from the jobs' generations and the `premises` records the launcher writes after a "
+                      "method trains (framework/premises.py; gold answers are used there and here only).", ""]
+        if claims := fidelity_lines(group, lambda a, b: paired_comparison(a, b, resamples),
+                                    lambda a, b: paired_scores_comparison(a, b, resamples)):
+            lines += ["### Fidelity: do the seed papers' claims hold here?", "", *claims, "",
+                      "Verdict from the paired 95% interval (bootstrap over problems, seeds averaged, not "
+                      "adjusted for multiplicity): held when it lies on the claimed side of 0, not held when on the "
+                      "other side, not resolved when it contains 0.", ""]
+    notes = [
+        "Accuracy: mean over seeds and problems of each problem's share of correct chosen outputs (one "
+        "output for greedy, beam and best-of-N; every sample for `sample`). 95% CI over both problems and "
+        "seeds (crossed random-effects variance, normal interval; one seed: Wilson over problems).",
+        "Lift vs greedy: 100 x (accuracy - greedy accuracy) / greedy accuracy of the same method on the "
+        "seeds both rows have (beam width 1 is greedy; best-of-N without either: its own greedy pass).",
+        "pass@N: share of problems with at least one correct of N samples (unbiased estimator), mean over seeds.",
+        f"Δ vs {baseline}: accuracy difference in points to `{baseline}` with the same decoder, on the seeds and "
+        f"problems both have, seeds averaged per problem; 95% paired bootstrap interval over problems "
+        f"({resamples:,} resamples, seed {BOOTSTRAP_SEED}); p: two-sided bootstrap p-value for no difference, "
+        f"in brackets Holm-adjusted over all "
+        f"{sum((c.comparison is not None) + (c.control_comparison is not None) for c in cells)} comparisons "
+        f"(both Δ columns); * marks Holm-adjusted p < {SIGNIFICANCE_LEVEL}.",
+        "`<method> control`: SFT on the gold demonstrations from the model the method's last training stage "
+        "started from, with the method's optimizer steps, batch, learning rate and schedule "
+        "(evaluation.control_decoders). Δ vs control: the method against its own control, computed like Δ vs "
+        f"{baseline}; it separates what the method's data does from what more optimizer steps do.",
+        "Compute, mean per job: train tokens and sampled tokens are summed over every training stage the "
+        "model depends on (cached stages included) when results.json records them; eval tokens are the "
+        "tokens generated on the test set; train s falls back to the job's own training time.",
+    ]
+    fallback = [c for c in cells if c.interval.startswith("per-seed")]
+    if fallback:
+        notes.append("Rows " + ", ".join(f"{c.algorithm}/{c.decoder_label}" for c in fallback) + " have no "
+                     "per-problem scores: their interval combines each seed's own interval with the spread over "
+                     "seeds (conservative), and they have no Δ.")
+    lines += ["### Notes", ""] + [f"- {note}" for note in notes] + [""]
+    if plots is not None:
+        lines += ["### Plots", ""] + [f"- ![{name}]({name})" if reason is None else f"- {name}: not drawn ({reason})"
+                                      for name, reason in plots] + [""]
+    lines += ["### Checks", ""] + [f"- {line}" for line in checks]
+    return "\n".join(lines)
+
+
+def write_report(runs: list[Run], out_dir: Path, title: str, missing: list[str], baseline: str = BASELINE,
+                 resamples: int = BOOTSTRAP_RESAMPLES, plots: bool = True) -> str:
+    """Write report.md, report.csv and the plots into `out_dir`; return the Markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = aggregate(runs, baseline, resamples)
+    checks = run_checks(runs)
+    for line in checks[1:]:
+        print(line, file=sys.stderr)
+    drawn = None
+    if plots:
+        drawn = write_plots(cells, out_dir)
+        for name, reason in drawn:
+            if reason is not None:
+                print(f"plot {name} skipped: {reason}", file=sys.stderr)
+    text = report_markdown(cells, title, missing, checks, drawn, baseline, resamples)
+    (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
+    (out_dir / "report.csv").write_text(report_csv(cells), encoding="utf-8")
+    return text
+
+
+# ---------------------------------------------------------------------------- per-job table (comparison.md)
+def job_table_rows(runs: list[Run]) -> list[list[str]]:
+    rows = []
+    for run in runs:
+        result, metrics = run.result, run.result.metrics
+        pass_keys = sorted((key for key in metrics if key.startswith("pass@")), key=lambda k: int(k[5:]))
+        rows.append([
+            run.method_label, result.decoder_label, str(result.seed),
+            f"{100 * metrics['accuracy']:.1f}",
+            f"[{100 * metrics['accuracy_ci_low']:.1f}, {100 * metrics['accuracy_ci_high']:.1f}]",
+            f"{100 * metrics['accuracy_flexible']:.1f}",
+            f"{pass_keys[-1]}={100 * metrics[pass_keys[-1]]:.1f}" if pass_keys else "",
+            _signed(metrics.get("lift_over_greedy")),
+            f"{metrics['mean_tokens']:.1f}", f"{result.train_seconds:.0f}", f"{metrics['decode_seconds']:.1f}",
+        ])
+    return rows
+
+
+def job_table_markdown(runs: list[Run], missing: list[str]) -> str:
+    """comparison.md: one row per job, with the jobs that left no results."""
+    rows = job_table_rows(runs)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if runs:
+        first = runs[0].result
+        lines.append(f"\nAccuracy in % on {first.metrics['num_problems']} test problems of `{first.dataset}` "
+                     f"(model `{first.model}`); 95% interval over problems (Wilson; normal approximation for "
+                     f"decoders scoring several samples per problem).")
+    if missing:
+        lines.append(f"\nJobs without results (failed or interrupted): {', '.join(missing)}")
+    return "\n".join(lines)
+
+
+def write_job_table(runs: list[Run], missing: list[str], out_dir: Path) -> str:
+    """Write comparison.md and comparison.csv (one row per job) into `out_dir`; return the Markdown."""
+    text = job_table_markdown(runs, missing)
+    (out_dir / "comparison.md").write_text(text + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    writer.writerows(job_table_rows(runs))
+    (out_dir / "comparison.csv").write_text(buffer.getvalue())
+    return text
+
+
+# ---------------------------------------------------------------------------- the papers' views
+def _beam_ranking(config: dict) -> str:
+    """How a beam decoder ranks finished beams: by the sum of log-probs (length_penalty 0, the SOC paper's
+    reading: beam search ranks by accumulated log-probabilities) or by sum / length^penalty."""
+    penalty = float(config.get("length_penalty", 1.0))
+    return "sum log-prob" if penalty == 0 else ("mean log-prob" if penalty == 1 else f"sum / length^{penalty:g}")
+
+
+def width_table(runs: list[Run]) -> str:
+    """Accuracy by beam width per method and beam ranking (SOC paper's view), pooled over seeds.
+
+    Each cell is the report's accuracy with its interval over seeds and problems (`seed_problem_interval`).
+    Beam regret is the accuracy at width k minus the accuracy at the smallest width (1 = greedy), in
+    points. Over-optimism: the share of outputs that are wrong yet more likely under the model than the
+    gold demonstration (mean over seeds). Rows differ by `length_penalty` (transformers ranks running
+    beams by summed log-prob either way; the penalty decides among finished ones).
+    """
+    beam_runs = [r for r in runs if r.result.decoder == "beam" and r.result.decoder_config is not None]
+    if not beam_runs:
+        return "No beam-search runs in this directory."
+    widths = sorted({r.result.decoder_config["num_beams"] for r in beam_runs})
+    cells = {(c.algorithm, _beam_ranking(c.decoder_config), c.decoder_config["num_beams"]): c
+             for c in aggregate(beam_runs, compare=False)}
+    rows = sorted({(method, ranking) for method, ranking, _ in cells}, key=lambda r: (method_rank(r[0]), r[1]))
+    optimism = {key: mean_or_none(run.result.metrics.get("over_optimism_rate") for run in cell.runs)
+                for key, cell in cells.items()}
+    header = "| method | beam ranking | " + " | ".join(f"width {w}" for w in widths) + " |"
+    rule = "|---|---|" + "---|" * len(widths)
+    lines = ["Accuracy (%) by beam width, mean [95% CI] over seeds and problems", "", header, rule]
+    for method, ranking in rows:
+        row = [f"{100 * cells[method, ranking, w].accuracy:.1f} [{_percent(cells[method, ranking, w].ci_low)}, "
+               f"{_percent(cells[method, ranking, w].ci_high)}]" if (method, ranking, w) in cells else ""
+               for w in widths]
+        lines.append(f"| {method} | {ranking} | " + " | ".join(row) + " |")
+    lines += ["", f"Beam regret (points vs width {widths[0]}) and over-optimism rate (%)", "", header, rule]
+    for method, ranking in rows:
+        first = cells.get((method, ranking, widths[0]))
+        row = [f"{100 * (cells[method, ranking, w].accuracy - first.accuracy):+.1f} / "
+               f"{100 * optimism[method, ranking, w]:.1f}"
+               if first is not None and (method, ranking, w) in cells and optimism[method, ranking, w] is not None
+               else "" for w in widths]
+        lines.append(f"| {method} | {ranking} | " + " | ".join(row) + " |")
+    counts = sorted({len(cell.runs) for cell in cells.values()})
+    lines.append(f"\nSeeds per cell: {', '.join(map(str, counts))}. The SOC paper's argument is about beam "
+                 "search ranked by accumulated (summed) log-probability: the `sum log-prob` rows.")
+    return "\n".join(lines)
+
+
+def bon_curve_table(runs: list[Run]) -> str:
+    """Best-of-N accuracy against N' per (method, selector, seed), from each job's subsampled curve
+    (the sharpening paper's view): accuracy %, its lift over the same model's greedy accuracy, and
+    pass@N' (coverage: any of N' samples correct)."""
+    curves = [r for r in runs if "bon_accuracy_by_n" in r.result.metrics]
+    if not curves:
+        return "No best-of-N runs in this directory."
+    sizes = sorted({int(n) for r in curves for n in r.result.metrics["bon_accuracy_by_n"]})
+    header = "| method | selector | seed | greedy | " + " | ".join(f"N={n}" for n in sizes) + " |"
+    rule = "|---|---|---|---|" + "---|" * len(sizes)
+    lines = ["Best-of-N accuracy % (lift over greedy %) by N", "", header, rule]
+    coverage = ["", "Coverage: pass@N %", "", header, rule]
+    by_row = sorted(curves, key=lambda r: (r.method_label, r.result.decoder_config.get("selector", ""), r.result.seed))
+    for run in by_row:
+        metrics, selector = run.result.metrics, run.result.decoder_config.get("selector", "")
+        greedy = metrics.get("greedy_accuracy")
+        lifts = metrics.get("lift_over_greedy_by_n") or {}
+        prefix = (f"| {run.method_label} | {selector} | {run.result.seed} | "
+                  f"{'' if greedy is None else f'{100 * greedy:.1f}'} | ")
+        cells = [f"{100 * metrics['bon_accuracy_by_n'][str(n)]:.1f} ({_signed(lifts.get(str(n)))})"
+                 if str(n) in metrics["bon_accuracy_by_n"] else "" for n in sizes]
+        lines.append(prefix + " | ".join(cells) + " |")
+        covered = [f"{100 * metrics[f'pass@{n}']:.1f}" if f"pass@{n}" in metrics else "" for n in sizes]
+        coverage.append(prefix + " | ".join(covered) + " |")
+    return "\n".join(lines + coverage)
