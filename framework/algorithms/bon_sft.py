@@ -1,4 +1,4 @@
-"""`algorithm=bon_sft`: SFT-Sharpening (Huang et al. 2024, algorithms.md §3b), no labels.
+"""`algorithm=bon_sft`: SFT-Sharpening (Huang et al. 2025, algorithms.md §3b), no labels.
 
     for each training prompt x:
         y_1..y_N ~ pi_base(. | x)                       (the shared, cached sampled set)

@@ -1,4 +1,4 @@
-"""`algorithm=dpo`: RLHF-Sharpening offline (Huang et al. 2024, algorithms.md §3c), no labels.
+"""`algorithm=dpo`: RLHF-Sharpening offline (Huang et al. 2025, algorithms.md §3c), no labels.
 
     for each training prompt x:
         y_1..y_N ~ pi_base(. | x)                        (the shared, cached sampled set)

@@ -1,4 +1,4 @@
-"""What the label-free sharpening methods share (Huang et al. 2024, algorithms.md §3).
+"""What the label-free sharpening methods share (Huang et al. 2025, algorithms.md §3).
 
     for each training prompt x (no gold answer anywhere):
         y_1..y_N ~ pi_base(. | x)                  one batched `generate`, temperature T
