@@ -65,7 +65,8 @@ def main() -> None:
         questions.append(SampledQuestion(index, prompt, gold, [
             Rationale(c.text, c.finished, None, data.checker.check(c.text, gold).correct, c.num_tokens)
             for c in candidates]))
-    config = SelfExploreConfig(explored_rationales="all_incorrect")  # the timing needs targets, not outcome pairs
+    # the timing needs targets, not outcome pairs; "lines": what step_splitter=auto resolves to on arith
+    config = SelfExploreConfig(explored_rationales="all_incorrect", step_splitter="lines")
     targets = exploration_targets(questions, config, [])[0][: args.rationales]
     is_correct = lambda text, gold: data.checker.check(text, gold).correct  # noqa: E731
 
