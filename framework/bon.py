@@ -31,6 +31,8 @@ from framework.self_reward import SCORE_SELECTORS, SELECTOR_NAMES, select, selec
 @dataclass
 class BoNConfig(DecoderConfig):
     LABEL_KEYS: ClassVar[tuple[str, ...]] = ("selector", "samples_per_prompt", "temperature")
+    # the extra greedy pass and the Monte-Carlo draws of the reference curve do not change the pick
+    LABEL_OMITS: ClassVar[tuple[str, ...]] = (*DecoderConfig.LABEL_OMITS, "greedy_reference", "curve_draws")
     name: str = "bon"
     samples_per_prompt: int = 50  # N (the sharpening paper's); the accuracy curve covers N' = 1, 2, 4, ... and N
     temperature: float = 1.0  # sampling temperature; log-probs stay at temperature 1 whatever this is

@@ -184,10 +184,9 @@ class DecoderConfig(Validated):
     # Keys this decoder's label always shows; any other key appears only when it differs from its default.
     # Keys shown in the label even at their defaults (a decoder's defining keys: beam's width, say).
     LABEL_KEYS: ClassVar[tuple[str, ...]] = ()
-    # Keys that do not change which outputs are chosen (batching, memory, the extra greedy pass and the
-    # Monte-Carlo draws of best-of-N's reference curve): left out of labels.
-    LABEL_OMITS: ClassVar[tuple[str, ...]] = ("name", "max_new_tokens", "prompts_per_batch", "gpu_memory_utilization",
-                                              "greedy_reference", "curve_draws")
+    # Keys left out of labels: the option name (the label's head), batching, and the generation length,
+    # which follows the dataset (a subclass adds its own, as bon does).
+    LABEL_OMITS: ClassVar[tuple[str, ...]] = ("name", "max_new_tokens", "prompts_per_batch")
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
