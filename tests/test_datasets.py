@@ -219,7 +219,7 @@ def test_an_unseen_gaokao_file_of_the_stated_format_loads_as_one_file(compose_cf
 
 # ---------------------------------------------------------------------------- end to end
 def test_gaokao_fixture_evaluates_end_to_end_on_the_tiny_model(compose_cfg, shared_cache, tmp_path):
-    from framework.__main__ import run
+    from framework.job import run
 
     overrides = ["dataset=gaokao2023en", f"dataset.path={GAOKAO}", "algorithm=none", "decoder=greedy",
                  *[o for o in FAST if not o.startswith("dataset.train_size")]]
@@ -254,7 +254,7 @@ def test_a_chat_template_that_refuses_a_system_turn_is_a_config_error():
 
 @pytest.mark.parametrize("algorithm", ["sft", "dpo"])
 def test_training_on_an_evaluation_only_dataset_is_refused_before_any_model_is_built(compose_cfg, tmp_path, algorithm):
-    from framework.__main__ import run
+    from framework.job import run
 
     cfg = compose_cfg([f"algorithm={algorithm}", "dataset=gaokao2023en", f"dataset.path={GAOKAO}", "logger=none"],
                       tmp_path / "cache")

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import FAST, FAST_TRAINING
 from framework import registry
-from framework.__main__ import CONF_DIR, run
+from framework.__main__ import CONF_DIR
+from framework.job import run
 from framework.data.answers import NumericAnswerChecker
 
 DECODERS = {"greedy": [], "sample": ["decoder.samples_per_prompt=2"], "beam": ["decoder.num_beams=2"],

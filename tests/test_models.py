@@ -11,7 +11,7 @@ import torch
 from conftest import FAST, FAST_TRAINING
 from test_integration import recompute_scores
 from framework import registry
-from framework.__main__ import run
+from framework.job import run
 from framework.config import to_validated
 from framework.data.answers import NumericAnswerChecker
 from framework.errors import ConfigError

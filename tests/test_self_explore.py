@@ -548,7 +548,7 @@ def scripted_engine(candidates_of):
 
 @pytest.mark.slow
 def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
-    from framework.__main__ import run
+    from framework.job import run
     from framework.data.loaders import ArithDatasetConfig, load_arith
 
     train = load_arith(ArithDatasetConfig(train_size=32, test_size=6)).train
@@ -601,7 +601,7 @@ def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
 
 
 def test_zero_pairs_is_an_error_that_says_what_to_raise(monkeypatch, tmp_path):
-    from framework.__main__ import run
+    from framework.job import run
     from framework.decoding import Candidate
 
     # every rationale incorrect: RFT has nothing to learn from, and no chosen side exists

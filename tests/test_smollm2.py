@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from framework import registry
-from framework.__main__ import run
+from framework.job import run
 from framework.data.answers import NumericAnswerChecker, extract_flexible, normalize_number
 
 pytestmark = pytest.mark.skipif(

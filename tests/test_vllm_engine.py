@@ -281,7 +281,7 @@ ARTIFACTS = {"samples": "samples.jsonl", "rationales": "rationales.jsonl", "expl
 @pytest.fixture(scope="module")
 def launcher_runs(tmp_path_factory):
     """{engine: {"cache": stage cache, job: run directory}}: every job run once under each engine."""
-    from framework.__main__ import run
+    from framework.job import run
 
     root = tmp_path_factory.mktemp("launcher")
     runs = {}

@@ -124,7 +124,10 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
             save_trained_model(trainer, output, ctx.model_config.lora.checkpoint)
             # TRL's SFT/DPO trainers (and SOC, XPO here) count non-padding tokens; since the last resume
             tokens = getattr(trainer, "_total_train_tokens", None)
+            # log_history: the trainer's logged steps (loss, learning rate, ...; restored on resume), so that a job
+            # reusing this model can show its training curve and the report its first and last loss
             stage.commit({**(metadata or {}), "global_step": result.global_step, "train_metrics": result.metrics,
+                          "log_history": trainer.state.log_history,
                           "compute": {"train_tokens": tokens, "train_seconds": result.metrics.get("train_runtime")}})
     adapter_only = lora is not None and ctx.model_config.lora.checkpoint == "adapter"
     trained = ModelHandle(str(stage.output), {"stage": kind, "key": stage.key}, ctx.model_config.load_options(),

@@ -1,0 +1,254 @@
+"""One job, from a composed config to its results: what `python -m framework` runs for each job of a run or
+sweep (the launcher, framework/__main__.py, only parses, refuses and dispatches here).
+
+    validate      the composed config against the schemas: ConfigError before anything is built
+    build         the data, the decoder, the stage store and the starting model
+    train         the algorithm plugin from its starting context (SFT warm start, labels stripped for a
+                  label-free method), then the method's control when its decoder asks for one
+    evaluate      decode and score the test split (a stage), measure the premises, evaluate the control
+    record        results.json, generations.jsonl and the W&B run
+
+Everything that can be wrong with the input is checked before the first training step. Nothing here knows an
+algorithm, dataset, decoder or model by name: each is looked up in the registry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework import __version__, distributed, registry, tracking
+from framework.config import to_validated
+from framework.errors import ConfigError
+from framework.jsonl import read_jsonl, write_jsonl
+from framework.results import ControlSummary, JobResult
+
+log = logging.getLogger("framework")
+
+
+def _versions() -> dict:
+    import datasets
+    import torch
+    import transformers
+    import trl
+
+    return {"framework": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__, "datasets": datasets.__version__}
+
+
+def _hardware(runtime) -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "processes": distributed.world_size(),
+            "device": runtime.device, "precision": runtime.precision}
+    if runtime.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(runtime.device)
+    return info
+
+
+def _check_training_data(settings, algorithm, data) -> None:
+    """Refuse, before anything is built, a training method on data it cannot train on."""
+    if not algorithm.trains:
+        return
+    name = settings.algorithm.name
+    if len(data.train) == 0:
+        raise ConfigError(f"algorithm={name} trains, but dataset={settings.dataset.name} has no training split "
+                          "(an evaluation-only dataset); use algorithm=none or give the dataset a training file")
+    needs_demonstrations = (not algorithm.label_free
+                            or getattr(settings.algorithm, "starting_point", "base") == "sft")
+    missing = [column for column in ("completion", "gold_answer") if column not in data.train.column_names]
+    if needs_demonstrations and missing:
+        raise ConfigError(f"algorithm={name} needs worked solutions and gold answers in the training split, but "
+                          f"dataset={settings.dataset.name} has no {missing} there")
+
+
+def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, list[dict], bool]:
+    """Decode and score the test split: a stage keyed by the policy, the decoder, the data and (for
+    decoders that sample) the seed, so a rerun of a job (or of a whole sweep) reuses its evaluation.
+    Returns (metrics, records, reused)."""
+    from framework import evaluation
+    from framework.decoding import teacher_forced_logprobs
+    from framework.generation import ShardedEngine, engine_identity, open_engine
+
+    # Greedy and beam decoding draw no random numbers: their evaluation of a model is one entry for every
+    # seed (the untrained `none` model is the same model under every seed, so its seeds share it).
+    test = data.test
+    if settings.decoder.max_problems is not None and settings.decoder.max_problems < len(test):
+        test = test.select(range(settings.decoder.max_problems))  # the first N: every decoder's share is common
+    spec = {"policy": policy.fingerprint, "decoder": vars(settings.decoder), "data": data.fingerprint,
+            "seed": settings.seed if decoder.draws_samples else None, "diagnostics": settings.evaluation.diagnostics,
+            "engine": engine_identity(settings.engine)}
+    # the code that decodes and scores: this glue, the evaluation module, the decoder's and the checker's
+    code = (__name__, "framework.evaluation", type(decoder).__module__, type(data.checker).__module__)
+    with distributed.main_process_alone(), stages.open("evaluation", spec, code=code, shared=True) as stage:
+        reused = stage.done
+        if not reused:
+            decoded_at = time.time()
+            with open_engine(policy, settings.engine, runtime, settings.seed) as engine:
+                # shards in the stage's checkpoints: an interrupted evaluation resumes where it stopped
+                decoding = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation"), list(test["prompt"]))
+                model = engine.transformers_model  # the same loaded model scores the gold (None: vLLM)
+            tokenizer = policy.load_tokenizer()
+            metrics, records = evaluation.score(test, decoding, data.checker, decoder)  # with the decoder's own
+            metrics["decode_seconds"] = time.time() - decoded_at
+            if settings.evaluation.diagnostics and "completion" in test.column_names:  # needs demonstrations
+                model = model if model is not None else policy.load_model(runtime)  # vllm: once its engine is closed
+                gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(test["prompt"]),
+                                                        list(test["completion"]),
+                                                        settings.evaluation.sequences_per_forward)
+                metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
+            del model
+            metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
+            output = stage.new_output_dir()
+            write_jsonl(output / "generations.jsonl", records)
+            (output / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, default=str))
+            stage.commit({"compute": {"generated_tokens": metrics["generated_tokens"]}})
+        metrics = json.loads((stage.output / "metrics.json").read_text())
+        records = read_jsonl(stage.output / "generations.jsonl")
+    return metrics, records, reused
+
+
+def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
+    """framework/premises.py on what the method recorded in `ctx.artifacts`, with the gold answers (the
+    method never sees them); a stage keyed by the trained model, so every decoder's job shares it."""
+    from framework import premises
+    from framework.generation import Request, engine_identity, open_engine
+
+    if not settings.evaluation.premises or not ctx.artifacts:
+        return None
+    spec = {"policy": policy.fingerprint, "data": ctx.data.fingerprint, "engine": engine_identity(settings.engine)}
+    max_new_tokens = getattr(settings.algorithm, "max_new_tokens", settings.decoder.max_new_tokens)
+
+    def greedy(model, prompts: list[str]) -> list[str]:
+        with open_engine(model, settings.engine, runtime, settings.seed) as engine:
+            outputs = engine.generate(prompts, Request(max_new_tokens=max_new_tokens), seed=settings.seed,
+                                      prompts_per_batch=settings.decoder.prompts_per_batch)
+        return [candidates[0].text for candidates in outputs]
+
+    with distributed.main_process_alone(), stages.open("premises", spec, code=("framework.premises", __name__),
+                                                       shared=True) as stage:
+        if not stage.done:
+            values = premises.measure(ctx.artifacts, ctx.control_data or ctx.data, ctx.data.checker, greedy)
+            (stage.new_output_dir() / "premises.json").write_text(json.dumps(values, sort_keys=True))
+            stage.commit({})
+        return json.loads((stage.output / "premises.json").read_text())
+
+
+def _evaluate_control(settings, control, start, data, decoder, stages, runtime, output_dir: Path,
+                      job: JobResult) -> ControlSummary:
+    """Evaluate a method's control with the job's decoder; its own record and generations go into
+    <job dir>/control/ (the report reads it as the row `<method> control`). Returns a summary for the
+    method's results.json."""
+    metrics, records, reused = _evaluate(settings, control, data, decoder, stages, runtime)
+    directory = output_dir / "control"
+    directory.mkdir(parents=True, exist_ok=True)
+    write_jsonl(directory / "generations.jsonl", records)
+    # what the control rests on: the stages up to the model it started from (noted before anything that
+    # depends on it), then its own; not the method's data stages
+    ledger = stages.compute_ledger()
+    keys = [entry["key"] for entry in ledger]
+    upstream_end = keys.index(start.fingerprint["key"]) + 1 if start.fingerprint.get("key") in keys else 0
+    upstream = [*ledger[:upstream_end], ledger[keys.index(control.fingerprint["key"])]]
+    # the control's own record: the job's, with the control's model, evaluation and compute
+    replace(job, control_of=settings.algorithm.name, metrics=metrics, policy=control.fingerprint,
+            evaluation_reused=reused, compute=stages.compute_spent(upstream)).write(directory / "results.json")
+    return ControlSummary(policy=control.fingerprint, metrics=metrics, dir=str(directory))
+
+
+def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: list[str] | None = None) -> dict:
+    """One job. Returns its JobResult as a dict (also written to `output_dir/results.json`)."""
+    from transformers import set_seed
+
+    from framework import evaluation
+    from framework.algorithms import AlgorithmContext
+    from framework.algorithms.starting import starting_context, train_control
+    from framework.models import resolve_runtime
+    from framework.stages import StageStore
+
+    started = time.time()
+    # idempotent; needed where a launcher (submitit) starts the job from a pickle and main() never ran
+    registry.load_plugins()
+    settings = to_validated(cfg)  # ConfigError on any bad value, before anything is built
+    unknown = sorted(set(settings.evaluation.control_decoders) - set(registry.decoders.names()))
+    if unknown:  # here, not in the schema: the decoder registry imports framework.config
+        raise ConfigError(f"evaluation.control_decoders: {', '.join(unknown)} is no decoder; "
+                          f"available: {', '.join(registry.decoders.names())}")
+    distributed.check_device(settings.device)  # ConfigError: cuda:N would put every process on one GPU
+    runtime = resolve_runtime(settings.device, settings.model.precision)
+    distributed.setup(cpu=runtime.device == "cpu")  # joins accelerate's/torchrun's process group; alone: nothing
+    output_dir = distributed.share_from_main(output_dir)  # processes may have resolved different timestamps
+    algorithm = registry.algorithms.get(settings.algorithm.name)
+    data = registry.datasets.get(settings.dataset.name)(settings.dataset)  # ConfigError on a bad file or row
+    _check_training_data(settings, algorithm, data)
+    decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed,
+                                                           answer_extractor=data.checker.extract)
+    build_model = registry.models.get(settings.model.name)
+    stages = StageStore(settings.stages.cache_dir, reuse=settings.stages.reuse)
+    base = build_model(settings.model, stages, runtime)  # ConfigError if it cannot load; tiny: built once
+    data = data.render_prompts(base.load_tokenizer())  # prompt_format=chat needs the model's chat template
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if distributed.is_main_process():  # the run's files and W&B run are the main process's (distributed.py)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    run_name = settings.run_name or f"{settings.algorithm.name}-{settings.decoder.label()}-seed{settings.seed}"
+    # `method` / `decoder_label` survive W&B sweep agents, which overwrite `algorithm` with the swept option name
+    tracked = {**resolved, "method": settings.algorithm.name, "decoder_label": settings.decoder.label()}
+    tracker = tracking.start(settings.logger, tracked, output_dir, run_name, group, job_type=settings.algorithm.name)
+    failed, main_evaluates, results = True, False, None
+    try:
+        set_seed(settings.seed)
+        context = AlgorithmContext(config=settings.algorithm, base=base, data=data, stages=stages, runtime=runtime,
+                                   seed=settings.seed, report_to=tracker.report_to, output_dir=output_dir,
+                                   log=tracker.log, model_config=settings.model, engine=settings.engine)
+        trained_at = time.time()
+        method_context = starting_context(context, algorithm)
+        policy = algorithm(method_context)
+        control = None  # the method's control (evaluation.control_decoders), evaluated beside it
+        if settings.decoder.name in settings.evaluation.control_decoders:
+            control = train_control(method_context)
+        train_seconds = time.time() - trained_at
+        if not distributed.is_main_process():  # the main process decodes and scores alone; wait for its results
+            results, failed = distributed.wait_for_main("decoding and scoring the test split"), False
+            return results
+        main_evaluates = True
+
+        metrics, records, evaluation_reused = _evaluate(settings, policy, data, decoder, stages, runtime)
+        premises = _measure_premises(settings, method_context, stages, runtime, policy)
+        compute = stages.compute_spent()
+        write_jsonl(output_dir / "generations.jsonl", records)
+        result = JobResult(
+            algorithm=settings.algorithm.name, decoder=settings.decoder.name, decoder_label=settings.decoder.label(),
+            dataset=settings.dataset.name, model=settings.model.name, seed=settings.seed, metrics=metrics,
+            algorithm_config=resolved["algorithm"], decoder_config=vars(settings.decoder),
+            train_seconds=train_seconds, wall_seconds=time.time() - started, compute=compute,
+            evaluation_reused=evaluation_reused, policy=policy.fingerprint, overrides=overrides or [],
+            versions=_versions(), hardware=_hardware(runtime), wandb_run=tracker.run_path)
+        if premises:
+            result.premises = premises
+            tracker.summary({f"premises/{key}": value for key, value in premises.items()})
+        if control is not None:
+            result.control = _evaluate_control(settings, *control, data, decoder, stages, runtime, output_dir, result)
+            tracker.summary({f"control_eval/{key}": value for key, value in result.control.metrics.items()})
+        result.write(output_dir / "results.json")
+        results = result.to_dict()
+        tracker.log(metrics, prefix="eval/")
+        tracker.summary({f"eval/{key}": value for key, value in metrics.items()})
+        tracker.summary({f"compute/{key}": value for key, value in compute.items() if key != "stages"})
+        tracker.log_table("eval/generations", records)
+        failed = False
+    finally:
+        tracker.finish(failed=failed)
+        if main_evaluates:  # release the processes waiting above (no-op for a single process)
+            distributed.release_waiting(results, failed, "decoding and scoring the test split")
+    print(f"{run_name} on {settings.dataset.name}: accuracy {metrics['accuracy']:.3f} "
+          f"[{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}] "
+          f"(n={metrics['num_problems']}), mean {metrics['mean_tokens']:.1f} tokens -> {output_dir}", flush=True)
+    return results
