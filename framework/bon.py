@@ -38,7 +38,6 @@ class BoNConfig(DecoderConfig):
     temperature: float = 1.0  # sampling temperature; log-probs stay at temperature 1 whatever this is
     top_p: float = 1.0
     selector: str = "logprob"  # logprob | length_norm | majority
-    prompts_per_batch: int = 4  # x samples_per_prompt sequences per `generate` call
     curve_draws: int = 200  # random N'-subsets per problem and N' where the curve is Monte-Carlo (majority)
     greedy_reference: bool = True  # also decode greedily (one extra pass) to report the lift over greedy
 
@@ -126,10 +125,7 @@ class BoNDecoder(SampleDecoder):
         return [select(self.config.selector, candidates, self.answers(candidates))]
 
     def greedy_reference_decoder(self) -> GreedyDecoder:
-        # as many sequences per `generate` call as the sampling pass used
-        return GreedyDecoder(GreedyConfig(
-            max_new_tokens=self.config.max_new_tokens,
-            prompts_per_batch=self.config.prompts_per_batch * self.config.samples_per_prompt), seed=self.seed)
+        return GreedyDecoder(GreedyConfig(max_new_tokens=self.config.max_new_tokens), seed=self.seed)
 
     def decode(self, engine, prompts: list[str], progress: bool = True) -> Decoding:
         """The N samples (those `sample` draws with this seed), then, on the same engine, the greedy

@@ -129,7 +129,6 @@ class TrainingSamplingConfig(Validated):
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 512  # the YAMLs follow the dataset (${dataset.max_new_tokens}): GSM8K 512, MATH 1024
-    prompts_per_batch: int = 8  # x samples per prompt sequences per `generate` call
     train_prompts: int | None = None  # sample the first N training prompts only (null: all)
     require_finished: bool = True  # drop samples cut off by max_new_tokens: training would add an EOS they never had
 
@@ -139,7 +138,6 @@ class TrainingSamplingConfig(Validated):
                 "must be > 0 (several samples at temperature 0 would all be the greedy output)", self.temperature)
         require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]", self.top_p)
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
-        require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
         require(self.train_prompts is None or self.train_prompts >= 1, f"{prefix}.train_prompts",
                 "must be >= 1 or null", self.train_prompts)
 
@@ -176,7 +174,6 @@ class AlgorithmConfig(Validated):
 class DecoderConfig(Validated):
     name: str = MISSING  # registry key of the decoder
     max_new_tokens: int = 512  # generated tokens per response, at most; the YAMLs follow ${dataset.max_new_tokens}
-    prompts_per_batch: int = 64  # prompts per `generate` call (each brings its samples or beams)
     # the first max_problems problems of the test split (null: all); an expensive decoder can score fewer
     # problems than greedy and beam search in the same sweep (the report pairs comparisons on common problems)
     max_problems: int | None = None
@@ -184,14 +181,13 @@ class DecoderConfig(Validated):
     # Keys this decoder's label always shows; any other key appears only when it differs from its default.
     # Keys shown in the label even at their defaults (a decoder's defining keys: beam's width, say).
     LABEL_KEYS: ClassVar[tuple[str, ...]] = ()
-    # Keys left out of labels: the option name (the label's head), batching, and the generation length,
-    # which follows the dataset (a subclass adds its own, as bon does).
-    LABEL_OMITS: ClassVar[tuple[str, ...]] = ("name", "max_new_tokens", "prompts_per_batch")
+    # Keys left out of labels: the option name (the label's head) and the generation length, which follows the
+    # dataset (a subclass adds its own, as bon does).
+    LABEL_OMITS: ClassVar[tuple[str, ...]] = ("name", "max_new_tokens")
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
-        require(self.prompts_per_batch >= 1, f"{prefix}.prompts_per_batch", "must be >= 1", self.prompts_per_batch)
         require(self.max_problems is None or self.max_problems >= 1, f"{prefix}.max_problems",
                 "must be >= 1, or null for the whole test split", self.max_problems)
 
@@ -208,6 +204,13 @@ class EngineConfig(Validated):
     """The generation engine every stage that generates uses (framework/generation.py)."""
 
     name: str = MISSING
+    # sequences (prompts x samples) per shard of a generating stage: the unit an interrupted stage resumes from and
+    # that several processes split; the engine batches within a shard by its own budget
+    rows_per_shard: int = 4096
+
+    def checks(self, prefix: str) -> None:
+        super().checks(prefix)
+        require(self.rows_per_shard >= 1, f"{prefix}.rows_per_shard", "must be >= 1", self.rows_per_shard)
 
 
 @dataclass

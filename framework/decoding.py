@@ -63,7 +63,6 @@ class SampleConfig(DecoderConfig):
     temperature: float = 1.0
     top_p: float = 1.0
     samples_per_prompt: int = 4  # independent samples per prompt; pass@k is reported for k up to this
-    prompts_per_batch: int = 16  # x samples_per_prompt sequences per `generate` call
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
@@ -80,7 +79,6 @@ class BeamConfig(DecoderConfig):
     name: str = "beam"
     num_beams: int = 5  # beam width; 1 is greedy. 5: the SOC paper's main width
     length_penalty: float = 1.0  # beam score = sum log-prob / length**length_penalty (transformers' convention)
-    prompts_per_batch: int = 16  # x num_beams hypotheses per `generate` call
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
@@ -117,8 +115,7 @@ class Decoder:
 
     def decode_outputs(self, engine: Engine, prompts: list[str], progress: bool = True) -> list[Decoded]:
         """One `generate` call over `prompts` with `request()`, and the chosen candidates of each."""
-        outputs = engine.generate(prompts, self.request(), seed=self.seed, prompts_per_batch=self.config.prompts_per_batch,
-                                  progress=progress)
+        outputs = engine.generate(prompts, self.request(), seed=self.seed, progress=progress)
         return [Decoded(candidates, self.choose(candidates)) for candidates in outputs]
 
     def metrics(self, decoding: Decoding, correct: Correctness) -> dict:

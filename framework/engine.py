@@ -23,7 +23,8 @@ class Candidate:
 @dataclass(frozen=True)
 class Request:
     """How to continue each prompt: `samples_per_prompt` samples at `temperature` (0: greedy) and `top_p`,
-    or beam search of width `num_beams` (score = sum log-prob / length^length_penalty; the top beam)."""
+    or beam search of width `num_beams` (score = sum log-prob / length^length_penalty; the top beam). A sequence
+    also ends at any of `stop`, which its text then excludes."""
 
     max_new_tokens: int
     samples_per_prompt: int = 1
@@ -31,6 +32,7 @@ class Request:
     top_p: float = 1.0
     num_beams: int = 1
     length_penalty: float = 1.0
+    stop: tuple[str, ...] = ()  # strings that end a sequence (excluded from its text), e.g. the next few-shot example
 
     @property
     def samples(self) -> bool:
@@ -43,9 +45,10 @@ class Request:
 
 class Engine(Protocol):
     def generate(self, prompts: Sequence[str], request: Request, *, seed: int, keys: Sequence[int] | None = None,
-                 prompts_per_batch: int = 32, progress: bool = True) -> list[list[Candidate]]:
+                 progress: bool = True) -> list[list[Candidate]]:
         """Candidates of every prompt (samples_per_prompt of them; one for greedy and beam). `keys`: each
-        prompt's stable identity within its stage (default: its position), which its samples' noise uses."""
+        prompt's stable identity within its stage (default: its position), which its samples' noise uses. The
+        engine sizes its own batches."""
 
     @property
     def transformers_model(self) -> Any | None:

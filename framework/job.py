@@ -93,7 +93,8 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
             decoded_at = time.time()
             with open_engine(policy, settings.engine, runtime, settings.seed) as engine:
                 # shards in the stage's checkpoints: an interrupted evaluation resumes where it stopped
-                decoding = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation"), list(test["prompt"]))
+                decoding = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation",
+                                                        settings.engine.rows_per_shard), list(test["prompt"]))
                 model = engine.transformers_model  # the same loaded model scores the gold (None: vLLM)
             tokenizer = policy.load_tokenizer()
             metrics, records = evaluation.score(test, decoding, data.checker, decoder)  # with the decoder's own
@@ -128,8 +129,7 @@ def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
 
     def greedy(model, prompts: list[str]) -> list[str]:
         with open_engine(model, settings.engine, runtime, settings.seed) as engine:
-            outputs = engine.generate(prompts, Request(max_new_tokens=max_new_tokens), seed=settings.seed,
-                                      prompts_per_batch=settings.decoder.prompts_per_batch)
+            outputs = engine.generate(prompts, Request(max_new_tokens=max_new_tokens), seed=settings.seed)
         return [candidates[0].text for candidates in outputs]
 
     with distributed.main_process_alone(), stages.open("premises", spec, code=("framework.premises", __name__),

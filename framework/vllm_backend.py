@@ -5,8 +5,7 @@ Nothing here imports vllm at module level, and stages only import this module wi
 without it never need the package. `require_available` is the config-time check (it locates the package
 without importing it).
 
-What a `Request` becomes (one `LLM.generate` over the prompts; vLLM batches by its own memory budget, so
-`prompts_per_batch` does not apply):
+What a `Request` becomes (one `LLM.generate` over a shard's prompts; vLLM batches by its own memory budget):
   greedy   SamplingParams(temperature=0)
   sample   SamplingParams(n, temperature, top_p, seed per prompt), top-k/min-p/penalties off
   beam     `LLM.beam_search`, with length_penalty 0 only (vLLM's length counts the prompt; transformers' does not)
@@ -134,7 +133,7 @@ class VLLMEngine:
                               logprobs=1, stop_token_ids=list(self.eos_ids), skip_special_tokens=True, **arguments)
 
     def generate(self, prompts: Sequence[str], request: Request, *, seed: int, keys: Sequence[int] | None = None,
-                 prompts_per_batch: int = 32, progress: bool = True) -> list[list[Candidate]]:
+                 progress: bool = True) -> list[list[Candidate]]:
         from vllm.sampling_params import BeamSearchParams
 
         check_request(request, self.eos_ids, self.tokenizer)

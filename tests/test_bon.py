@@ -192,7 +192,7 @@ def test_composed_bon_config_validates(compose_cfg):
 
 def test_bon_decode_picks_the_highest_logprob_sample(model_and_tokenizer):
     engine = TransformersEngine(*model_and_tokenizer)
-    settings = dict(max_new_tokens=10, prompts_per_batch=2, samples_per_prompt=3)
+    settings = dict(max_new_tokens=10, samples_per_prompt=3)
     decoder = BoNDecoder(BoNConfig(**settings), seed=1)
     decoding = decoder.decode(engine, PROMPTS, progress=False)
     samples = SampleDecoder(SampleConfig(**settings), seed=1).decode(engine, PROMPTS, progress=False).outputs

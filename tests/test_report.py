@@ -383,7 +383,7 @@ def test_decoder_labels_show_the_keys_that_choose_outputs_and_nothing_else():
     from framework.decoding import BeamConfig, GreedyConfig
 
     assert GreedyConfig().label() == "greedy"
-    assert BeamConfig(num_beams=4, prompts_per_batch=3).label() == "beam(num_beams=4)"
+    assert BeamConfig(num_beams=4, max_new_tokens=3).label() == "beam(num_beams=4)"
     assert BeamConfig(num_beams=4, length_penalty=0.0, max_problems=5).label() == \
         "beam(max_problems=5, num_beams=4, length_penalty=0.0)"  # in field order
     assert BoNConfig(selector="majority", curve_draws=7, greedy_reference=False).label() == \

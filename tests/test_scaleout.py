@@ -400,10 +400,10 @@ def _environment(cache):
 
 @pytest.mark.slow
 def test_two_processes_split_the_sampling_train_once_and_write_one_result(tmp_path):
-    """The sampled set's batches are split across the two processes and gathered: the artifact equals a
-    single process's, byte for byte (counter-based sampling, the same batches)."""
+    """The sampled set's shards are split across the two processes and gathered: the artifact equals a
+    single process's, byte for byte (counter-based sampling: a sample does not depend on its batch)."""
     # pretrain_steps=0: the tiny base model needs no training here (docs/embedded-task.md: the base-tiny stage)
-    split = ["algorithm.prompts_per_batch=2"]  # 4 batches of the 8 prompts: 2 per process
+    split = ["engine.rows_per_shard=4"]  # 4 shards of the 8 prompts x 2 samples: 2 per process
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "framework", *SHARPENING, *TINY, *split, "logger=wandb", "hydra.run.dir=run"]
     result = subprocess.run(command, cwd=tmp_path, env=_environment(tmp_path / "cache"), capture_output=True,

@@ -533,7 +533,7 @@ def scripted_engine(candidates_of):
     from contextlib import contextmanager
 
     class ScriptedEngine:
-        def generate(self, prompts, request, *, seed, keys=None, prompts_per_batch=32, progress=True):
+        def generate(self, prompts, request, *, seed, keys=None, progress=True):
             return [candidates_of(prompt, request) for prompt in prompts]
 
         def close(self):

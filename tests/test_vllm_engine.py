@@ -70,7 +70,7 @@ def teacher_forced(model, prompt_ids, completion_ids) -> float:
 
 def timed_generate(engine, prompts, request, seed=0):
     started = time.perf_counter()
-    outputs = engine.generate(prompts, request, seed=seed, prompts_per_batch=len(prompts), progress=False)
+    outputs = engine.generate(prompts, request, seed=seed, progress=False)
     seconds = time.perf_counter() - started
     return outputs, sum(c.num_tokens for candidates in outputs for c in candidates) / seconds
 

@@ -39,11 +39,13 @@ def generated_records(ctx: AlgorithmContext, kind: str, spec: dict, file: str, m
     """The records `generate(engine)` returns with `model` on the run's engine (`ctx.engine`), written once
     per spec to `file` of stage `kind`; the engine is open for the whole call and every one of its
     `generate` calls is sharded (module docstring)."""
-    def compute(stage) -> tuple[list[dict], dict]:
-        with open_engine(model, ctx.engine, ctx.runtime, ctx.seed) as engine:
-            return generate(ShardedEngine(engine, stage.checkpoints / GENERATION_SHARDS))
+    engine_config = ctx.engine or TransformersEngineConfig()
 
-    spec = {**spec, "engine": engine_identity(ctx.engine or TransformersEngineConfig())}
+    def compute(stage) -> tuple[list[dict], dict]:
+        with open_engine(model, engine_config, ctx.runtime, ctx.seed) as engine:
+            return generate(ShardedEngine(engine, stage.checkpoints / GENERATION_SHARDS, engine_config.rows_per_shard))
+
+    spec = {**spec, "engine": engine_identity(engine_config)}
     return _records_stage(ctx, kind, spec, file, compute, code=code, generates=True)
 
 

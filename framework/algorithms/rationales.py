@@ -175,7 +175,7 @@ def sample_rationales(ctx: AlgorithmContext, config: RationaleSamplingConfig,
         log.info("sampling %d rationales for each of %d training questions", config.rationales_per_question, count)
         request = sample_request(config.rationales_per_question, config.temperature, config.top_p,
                                  config.max_new_tokens)
-        outputs = engine.generate(prompts, request, seed=ctx.seed, prompts_per_batch=config.prompts_per_batch)
+        outputs = engine.generate(prompts, request, seed=ctx.seed)
         questions = []
         for index, (prompt, gold, candidates) in enumerate(zip(prompts, golds, outputs)):
             rationales = []

@@ -21,7 +21,7 @@ to find, in each incorrect rationale, its first pit.
 Exploration is batched: `rounds` (the default, as the authors' code does it) asks the explorer for the
 step-i prefixes of every rationale still without a pit in one decode call per i, so rollouts stop at
 the pit; `all_prefixes` asks for every prefix of every rationale in a single call (fewer, larger calls,
-more rollouts). The decode call batches `prefixes_per_batch` prefixes per `generate`.
+more rollouts). The engine sizes the batches of each decode call.
 
 Step text is lossless: a splitter (framework/data/steps.py) returns spans that concatenate back to the
 rationale, so every prompt above is exactly what the model wrote after x, and a continuation continues
@@ -156,12 +156,12 @@ def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Call
 
 
 def sampling_explorer(engine, continuations_per_step: int, temperature: float, top_p: float, max_new_tokens: int,
-                      prefixes_per_batch: int, seed: int) -> Callable[..., list[list[str]]]:
+                      seed: int) -> Callable[..., list[list[str]]]:
     """`continue_prefixes` on one open engine for every round (k samples per prefix)."""
     request = sample_request(continuations_per_step, temperature, top_p, max_new_tokens)
 
     def continue_prefixes(prompts: list[str], keys: list[int] | None = None) -> list[list[str]]:
-        outputs = engine.generate(prompts, request, seed=seed, keys=keys, prompts_per_batch=prefixes_per_batch)
+        outputs = engine.generate(prompts, request, seed=seed, keys=keys)
         return [[c.text for c in candidates] for candidates in outputs]
 
     return continue_prefixes
@@ -251,7 +251,6 @@ class ExplorationConfig(Validated):
     exploration_top_p: float = 1.0
     max_explored_steps: int = 20  # step cap (paper: 20)
     continuation_max_new_tokens: int = 512  # YAML: the dataset's generation length
-    prefixes_per_batch: int = 16  # x continuations_per_step sequences per `generate` call
     exploration_schedule: str = "rounds"  # rounds (one decode call per step index) | all_prefixes (one call)
     explored_rationales: str = "outcome_pairs"  # outcome_pairs: the rejected sides of D_pair (the scripts') | all_incorrect
     step_chosen: str = "shortest_unused"  # shortest_unused (the scripts') | first: the first success from the prefix
@@ -270,7 +269,6 @@ class ExplorationConfig(Validated):
         require(self.max_explored_steps >= 1, f"{prefix}.max_explored_steps", "must be >= 1", self.max_explored_steps)
         require(self.continuation_max_new_tokens >= 1, f"{prefix}.continuation_max_new_tokens", "must be >= 1",
                 self.continuation_max_new_tokens)
-        require(self.prefixes_per_batch >= 1, f"{prefix}.prefixes_per_batch", "must be >= 1", self.prefixes_per_batch)
         require(self.exploration_schedule in SCHEDULES, f"{prefix}.exploration_schedule",
                 f"must be one of {list(SCHEDULES)}", self.exploration_schedule)
         require(self.explored_rationales in EXPLORED, f"{prefix}.explored_rationales",
@@ -338,7 +336,7 @@ def explore(ctx: AlgorithmContext, config: SelfExploreConfig, targets_key: dict,
                  config.exploration_schedule)
         continue_prefixes = sampling_explorer(
             engine, config.continuations_per_step, config.exploration_temperature, config.exploration_top_p,
-            config.continuation_max_new_tokens, config.prefixes_per_batch, ctx.seed)
+            config.continuation_max_new_tokens, ctx.seed)
         records = explore_first_pits(targets, continue_prefixes,
                                      lambda text, gold: ctx.data.checker.check(text, gold).correct,
                                      config.max_explored_steps, config.exploration_schedule)
