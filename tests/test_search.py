@@ -101,7 +101,7 @@ def test_optunas_sqlite_storage_keeps_a_studys_trials_with_the_installed_sqlalch
     assert [trial.state for trial in reloaded.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
-@pytest.mark.slow  # about 90 s on 2 busy cores: two runs of a one-trial search
+@pytest.mark.slow  # 50-90 s on 2 busy cores: two runs of a one-trial search
 def test_rerunning_a_stored_search_continues_its_study(tmp_path):
     import optuna
 
