@@ -98,6 +98,7 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
                 model = engine.transformers_model  # the same loaded model scores the gold (None: vLLM)
             tokenizer = policy.load_tokenizer()
             metrics, records = evaluation.score(test, decoding, data.checker, decoder)  # with the decoder's own
+            metrics["dropped_empty_gold"] = data.dropped_empty_gold  # test rows the loader left out, unscored
             metrics["decode_seconds"] = time.time() - decoded_at
             if settings.evaluation.diagnostics and "completion" in test.column_names:  # needs demonstrations
                 model = model if model is not None else policy.load_model(runtime)  # vllm: once its engine is closed

@@ -225,3 +225,105 @@ def test_gaokao_multiple_choice_readings():
     verdict = checker.check("I think option C) is right", "$C$")
     assert not verdict.correct and verdict.correct_flexible
     assert checker.extract("\\boxed{\\text{(B)}}") == "B" and checker.extract("\\boxed{0.5}") == "0.5"
+
+
+# ---------------------------------------------------------------------------- answer sets and units
+@pytest.mark.parametrize("gold, answer, equal", [
+    # sets: order-free, separators or / and / comma, members one to one
+    ("$2$ or $-2$", "-2, 2", True),
+    ("2 or -2", "-2 \\text{ or } 2", True),
+    ("$0.05$ and $0.6$", "0.6 \\text{ and } 0.05", True),
+    ("$48$, $384$", "384, 48", True),
+    ("2 or 3", "2 or -2", False),
+    ("$2$ or $-2$", "2 or 3", False),
+    ("$2$ or $-2$", "2", False),  # one member of two
+    ("$48$, $384$", "48", False),
+    ("$2$ or $-2$", "2, 2", False),  # one gold member cannot pair with two answers
+    ("$2$ or $-2$", "2, -2, 3", False),
+    ("$35,000$", "35000", True),  # a thousands separator is no set
+    # units the gold gives, stripped from both sides
+    ("20 cm^2", "20", True),
+    ("20 $cm^{2}$", "20", True),
+    ("20 $cm^{2}$", "20 \\text{ cm}^2", True),
+    ("20 $cm^{2}$", "20 cm^{2}", True),
+    ("20", "21 cm^2", False),
+    ("20 $cm^{2}$", "21 cm^2", False),
+    ("20 $cm^{2}$", "21", False),
+    ("$22.1cm^{2}$", "22.1", True),
+    ("$36\\sqrt{7}cm^{3}$", "36\\sqrt{7}", True),
+    ("$576\\pi\\;m^{2}$", "576\\pi", True),
+    ("$576\\pi\\;m^{2}$", "567\\pi", False),
+    ("3s^2", "3", False),  # a MATH gold in terms of s, not 3 square seconds
+    ("864 \\mbox{ inches}^2", "864", True),
+    ("90^\\circ", "90", True),
+    ("90^\\circ", "91^\\circ", False),
+    ("$5.3\\%$", "5.3", True),
+    ("$5.3\\%$", "5.4\\%", False),
+    ("$5.3\\%$", "0.053", False),  # a percent's fraction: flexible only (below)
+    ("20 $cm^{2}$ or 30 $cm^{2}$", "30, 20", True),  # a set whose members carry units
+    ("20 $cm^{2}$ or 30 $cm^{2}$", "20", False),
+    # the same text once typesetting is removed
+    ("b > a > c", "b>a>c", True),
+    ("b > a > c", "a>b>c", False),
+    ("\\text{east}", "\\text{west}", False),  # a word is no unit of itself
+])
+def test_answer_sets_and_units_judge_the_golds_values_right_and_other_values_wrong(gold, answer, equal):
+    verdict = GaokaoAnswerChecker().check(f"So the answer is $\\boxed{{{answer}}}$.", gold)
+    assert verdict.extracted == answer and verdict.correct is equal
+    assert verdict.correct_flexible is (equal or answer == "0.053")
+
+
+@pytest.mark.parametrize("answer, members", [
+    ("$2$ or $-2$", ["2", "-2"]),
+    ("$2$ or $-2$ or $\\frac{1}{2}$", ["2", "-2", "\\frac{1}{2}"]),
+    ("x=2 \\text{ or } x=-2", ["x=2", "x=-2"]),
+    ("48, 384", ["48", "384"]),
+    ("(12,3,4), (6,5.4,7.6)", ["(12,3,4)", "(6,5.4,7.6)"]),
+    ("(1,3)", ["(1,3)"]), ("(3,4]", ["(3,4]"]), ("\\{1\\pm\\sqrt{5},-2\\}", ["\\{1\\pm\\sqrt{5},-2\\}"]),
+    ("35,000", ["35,000"]), ("11,\\! 111,\\! 100", ["11,\\! 111,\\! 100"]),  # digit groups
+    ("576\\pi\\;m^{2}", ["576\\pi\\;m^{2}"]),  # `\;` is a space, not a separator
+    ("\\text{necessary and sufficient}", ["\\text{necessary and sufficient}"]),
+    ("the north border", ["the north border"]),  # 'or' inside a word
+])
+def test_answer_members_split_only_at_top_level_separators(answer, members):
+    assert answers.answer_members(answer) == members
+
+
+@pytest.mark.parametrize("member, split", [
+    ("20 cm^{2}", ("20", "cm^2")), ("22.1cm^{2}", ("22.1", "cm^2")), ("5.4 \\text{ cents}", ("5.4", "cents")),
+    ("\\frac{270}7\\text{ degrees}", ("\\frac{270}7", "°")), ("145^\\circ", ("145", "°")), ("5.3\\%", ("5.3", "%")),
+    ("\\$32,\\!348", ("32,\\!348", "$")), ("5am", ("5", "am")),
+    ("\\text{east}", ("\\text{east}", None)),  # nothing left: no unit
+    ("3x cm", ("3x cm", None)), ("ab^{2}", ("ab^{2}", None)),  # bare letters after a non-number: no unit
+    ("3s^2", ("3s^2", None)), ("20 m^2", ("20", "m^2")),  # one letter: a unit only after a space (MATH's 3s^2)
+])
+def test_split_unit_strips_units_only_after_a_value(member, split):
+    assert answers.split_unit(member) == split
+
+
+@pytest.mark.parametrize("output, gold, strict, flexible, extracted_flexible", [
+    ("\\boxed{2} \\text{ or } \\boxed{-2}", "$2$ or $-2$", False, True, "2 or -2"),
+    ("so $\\boxed{5}$, $\\boxed{9}$.", "$5$ or $9$", False, True, "5 or 9"),
+    ("\\boxed{2} or \\boxed{3}", "$2$ or $-2$", False, False, "2 or 3"),
+    ("\\boxed{2} is wrong, so \\boxed{-2}", "$2$ or $-2$", False, False, "-2"),  # words between: one answer
+    ("\\boxed{2} \\text{ or } \\boxed{-2}", "2", False, False, "2 or -2"),  # a hedge is no set answer
+    ("\\boxed{0.053}", "$5.3\\%$", False, True, "0.053"),  # a percent gold's fraction
+    ("\\boxed{0.054}", "$5.3\\%$", False, False, "0.054"),
+    ("\\boxed{0.053}", "5.3", False, False, "0.053"),  # no percent in the gold: no fraction
+    ("The area is 20 cm^2.", "20 $cm^{2}$", False, True, "20"),  # no box: math-verify's reading, gold's unit off
+])
+def test_boxes_side_by_side_and_percent_fractions_count_for_the_flexible_judgement_only(
+        output, gold, strict, flexible, extracted_flexible):
+    verdict = MathAnswerChecker().check(output, gold)
+    assert (verdict.correct, verdict.correct_flexible, verdict.extracted_flexible) == (strict, flexible,
+                                                                                      extracted_flexible)
+
+
+def test_every_math500_gold_accepts_its_own_values_written_bare(math500):
+    """Each gold's members in reverse order with its units left off ('1,-2' -> '-2, 1', '90^\\circ' -> '90')."""
+    checker = MathAnswerChecker()
+    bare = {row["answer"]: ", ".join(answers.split_unit(member)[0]
+                                     for member in reversed(answers.answer_members(row["answer"])))
+            for row in math500}
+    assert sum(value != gold for gold, value in bare.items()) >= 20  # sets and units: the rules were exercised
+    assert [gold for gold, value in bare.items() if not checker.check(f"\\boxed{{{value}}}", gold).correct] == []

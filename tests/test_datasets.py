@@ -217,19 +217,47 @@ def test_an_unseen_gaokao_file_of_the_stated_format_loads_as_one_file(compose_cf
     assert [data.checker.check(o, g).correct for o, g in zip(outputs, data.test["gold_answer"])] == [True] * 3
 
 
+@pytest.mark.parametrize("name, row", [
+    ("gaokao2023en", {"question": "q", "answer": ""}),  # as GAOKAO2023-En's rows 168 and 193 are
+    ("gaokao2023en", {"question": "q", "answer": "  "}),
+    ("math500", {"problem": "p", "solution": "so \\boxed{3}", "answer": ""}),
+])
+def test_rows_with_an_empty_gold_are_dropped_counted_and_named(compose_cfg, tmp_path, caplog, name, row):
+    good = {"question": "q", "answer": "$2$ or $-2$"} if name == "gaokao2023en" else \
+        {"problem": "p", "solution": "\\boxed{1}", "answer": "1"}
+    file = write_jsonl(tmp_path / "test.jsonl", [good, row, good])
+    with caplog.at_level("WARNING"):
+        data, _ = load(compose_cfg, name, "dataset.train_file=null", "dataset.prompt_format=zero_shot", path=file)
+    assert len(data.test) == 2 and data.dropped_empty_gold == 1 and "" not in data.test["gold_answer"]
+    assert "dropped 1 test rows whose gold answer is empty (" + f"{file}:2)" in caplog.text
+    write_jsonl(file, [row])
+    with pytest.raises(ConfigError, match="no test rows left"):
+        load(compose_cfg, name, "dataset.train_file=null", "dataset.prompt_format=zero_shot", path=file)
+
+
+def test_datasets_without_empty_golds_drop_nothing(compose_cfg):
+    data, _ = load(compose_cfg, "math500", "dataset.train_size=4")
+    assert data.dropped_empty_gold == 0 and len(data.test) == 500
+
+
 # ---------------------------------------------------------------------------- end to end
 def test_gaokao_fixture_evaluates_end_to_end_on_the_tiny_model(compose_cfg, shared_cache, tmp_path):
     from framework.job import run
 
-    overrides = ["dataset=gaokao2023en", f"dataset.path={GAOKAO}", "algorithm=none", "decoder=greedy",
-                 *[o for o in FAST if not o.startswith("dataset.train_size")]]
-    results = run(compose_cfg(overrides, shared_cache), tmp_path)
+    rows = [json.loads(line) for line in GAOKAO.open()]
+    rows.insert(2, {"question": "A row whose gold is empty.", "answer": "", "source": "gaokao", "lang": "en"})
+    file = write_jsonl(tmp_path / "gaokao.jsonl", rows)
+    overrides = ["dataset=gaokao2023en", f"dataset.path={file}", "algorithm=none", "decoder=greedy",
+                 *[o for o in FAST if not o.startswith("dataset.train_size")]]  # test_size 6: five scored
+    results = run(compose_cfg(overrides, shared_cache), tmp_path / "run")
     metrics = results["metrics"]
-    assert metrics["num_problems"] == 6 and metrics["accuracy"] <= metrics["accuracy_flexible"]
-    recompute_scores(tmp_path, GaokaoAnswerChecker())  # letter golds as multiple choice, the rest by math-verify
-    records = [json.loads(line) for line in (tmp_path / "generations.jsonl").open()]
-    assert [r["gold"] for r in records] == [json.loads(l)["answer"] for l in GAOKAO.open()][:6]
-    assert (tmp_path / "results.json").is_file() and results["dataset"] == "gaokao2023en"
+    assert metrics["num_problems"] == 5 and metrics["dropped_empty_gold"] == 1
+    assert metrics["accuracy"] <= metrics["accuracy_flexible"]
+    recompute_scores(tmp_path / "run", GaokaoAnswerChecker())  # letter golds as multiple choice, the rest math
+    records = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").open()]
+    assert [r["gold"] for r in records] == [row["answer"] for row in rows[:6] if row["answer"]]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["dataset"] == "gaokao2023en" and saved["metrics"]["dropped_empty_gold"] == 1
 
 
 def test_a_few_shot_exemplar_without_a_solution_is_named(compose_cfg, tmp_path):

@@ -79,3 +79,45 @@ def test_two_trial_search_writes_each_trials_results_the_best_trial_and_the_repo
     report = (sweep_dir / "report.md").read_text()  # the multirun callback ran under Optuna's sweeper
     assert report.count("| sft(learning_rate=") == 2  # each trial is its own row, not pooled as one method
     assert "setup plugin" not in done.stdout  # alembic's import chatter is silenced by the preset
+
+
+def test_a_stored_search_loads_a_study_named_for_its_method():
+    # one study per method in a shared storage file: a DPO search must not continue SFT's trials
+    assert compose_search().hydra.sweeper.study_name == "search_sft"
+    assert compose_search(["algorithm=dpo"]).hydra.sweeper.study_name == "search_dpo"
+    assert compose_search().hydra.sweeper.storage is None  # in memory unless the user asks for a file
+
+
+def test_optunas_sqlite_storage_keeps_a_studys_trials_with_the_installed_sqlalchemy(tmp_path):
+    # optuna 2.10 (the newest hydra-optuna-sweeper 1.3 allows) fails on any RDB storage under SQLAlchemy 2:
+    # this fails if the search extra's SQLAlchemy < 2 pin is lost
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for _ in range(2):  # a new storage connection each time, as a rerun of the search makes
+        study = optuna.create_study(study_name="s", storage=storage, load_if_exists=True)
+        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    reloaded = optuna.load_study(study_name="s", storage=storage)
+    assert [trial.state for trial in reloaded.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+@pytest.mark.slow  # 50-90 s on 2 busy cores: two runs of a one-trial search
+def test_rerunning_a_stored_search_continues_its_study(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [sys.executable, "-m", "framework", "-m", PRESET, "hydra.sweeper.n_trials=1",
+               f"hydra.sweeper.storage={storage}",
+               *[o for o in FAST if not o.startswith("dataset.train_size=")], "dataset.train_size=16",
+               *[o for o in FAST_TRAINING if not o.startswith("algorithm.max_steps=")],
+               "algorithm.num_train_epochs=choice(1,2)", f"stages.cache_dir={tmp_path / 'cache'}"]
+    for run in ("first", "second"):  # the same command twice (only the sweep directory differs)
+        done = subprocess.run([*command, f"hydra.sweep.dir={tmp_path / run}"], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        assert len(list((tmp_path / run).glob("*/results.json"))) == 1  # each run ran its own one trial
+    first = OmegaConf.load(tmp_path / "first" / "optimization_results.yaml")
+    trials = optuna.load_study(study_name="search_sft", storage=storage).trials
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # the study's first trial is the first run's: the second run loaded it and added its own
+    assert trials[0].params == dict(first.best_params) and trials[0].value == first.best_value

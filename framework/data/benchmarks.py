@@ -18,6 +18,10 @@ so the two never overlap. `train_size` / `test_size` keep the first N rows. With
 the first `few_shot_examples` training rows are the exemplars and are removed from the training split.
 An evaluation-only dataset (GAOKAO) gets an empty training split with the same columns; a split whose
 rows have no demonstrations has no `completion` column.
+
+Empty golds. A row whose gold answer field is there but empty (two GAOKAO2023-En rows have `"answer": ""`)
+has nothing to be scored against: it is dropped from both splits, with a warning naming it, and the number
+dropped from the test split is `TaskData.dropped_empty_gold` (results.json's `dropped_empty_gold`).
 """
 from __future__ import annotations
 
@@ -174,6 +178,10 @@ class MissingAnswer(ConfigError):
     """A well-formed row whose gold answer cannot be read (`rows_without_answer: skip` drops it)."""
 
 
+class EmptyGold(Exception):
+    """A row whose gold answer field is an empty string: always dropped and counted, never an error."""
+
+
 @dataclass
 class Problem:
     question: str
@@ -209,6 +217,8 @@ def math_problem(row: dict, where: str) -> Problem:
     """MATH rows; a ready `answer` (MATH-500) is the gold, else the solution's last \\boxed{}."""
     question = _text(row, "problem", where)
     given = row.get("answer")
+    if isinstance(given, str) and not given.strip():
+        raise EmptyGold(where)
     if given is not None and not (isinstance(given, (str, int, float)) and str(given).strip()):
         raise ConfigError(f"{where}: 'answer' must be a non-empty string (got {_show(given)})")
     solution = _text(row, "solution", where, required=given is None)
@@ -227,7 +237,9 @@ def gaokao_problem(row: dict, where: str) -> Problem:
     answer = row.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
-    if not isinstance(answer, str) or not answer.strip():
+    if isinstance(answer, str) and not answer.strip():
+        raise EmptyGold(where)
+    if not isinstance(answer, str):
         raise ConfigError(f"{where}: row has no 'answer' (a non-empty string; got {_show(answer)})")
     return Problem(question, None, answer.strip())
 
@@ -357,7 +369,9 @@ def _to_dataset(problems: list[Problem], prefix: str, config: BenchmarkConfig, w
     return Dataset.from_dict({c: columns[c] for c in order}, features=Features({c: Value("string") for c in order}))
 
 
-def _convert(source: list[tuple[str, dict]], convert: Callable[[dict, str], Problem], skip: bool) -> list[Problem]:
+def _convert(source: list[tuple[str, dict]], convert: Callable[[dict, str], Problem], skip: bool,
+             empty: list[str]) -> list[Problem]:
+    """The rows as problems; the locations of rows with an empty gold answer are appended to `empty`."""
     problems = []
     for where, row in source:
         try:
@@ -367,6 +381,8 @@ def _convert(source: list[tuple[str, dict]], convert: Callable[[dict, str], Prob
             if not skip:
                 raise
             log.warning("skipped (dataset.rows_without_answer=skip): %s", error)
+        except EmptyGold:
+            empty.append(where)
     return problems
 
 
@@ -378,17 +394,23 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
                    make_checker: Callable[[list[Problem]], Any]) -> TaskData:
     train_source, test_source, same = local_sources(config) if config.path is not None else hub_sources(config)
     skip = config.rows_without_answer == "skip"
+    test_empty, train_empty = [], []  # rows whose gold answer is an empty string: dropped, counted
     if same:
         cut = len(test_source.rows) if config.test_size is None else config.test_size
-        test_problems = _convert(test_source.rows[:cut], convert, skip)
-        train_problems = _convert(test_source.rows[cut:], convert, skip)
+        test_problems = _convert(test_source.rows[:cut], convert, skip, test_empty)
+        train_problems = _convert(test_source.rows[cut:], convert, skip, train_empty)
     else:
-        test_problems = _convert(_limit(test_source.rows, config.test_size), convert, skip)
-        train_problems = _convert(train_source.rows, convert, skip) if train_source is not None else []
+        test_problems = _convert(_limit(test_source.rows, config.test_size), convert, skip, test_empty)
+        train_problems = _convert(train_source.rows, convert, skip, train_empty) if train_source is not None else []
+    for split, empty in (("test", test_empty), ("training", train_empty)):
+        if empty:
+            log.warning("dataset %s: dropped %d %s rows whose gold answer is empty (%s)%s", config.name, len(empty),
+                        split, ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else ""),
+                        "; results.json counts them as dropped_empty_gold" if split == "test" else "")
 
     if not test_problems:
         raise ConfigError(f"dataset: no test rows left in {test_source.identity} after skipping rows without an "
-                          "answer (dataset.rows_without_answer=skip)")
+                          "answer (dataset.rows_without_answer=skip) or with an empty one")
     prefix = ""
     if config.prompt_format == "few_shot":
         count = config.few_shot_examples
@@ -417,7 +439,8 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
     log.info("dataset %s: %d training rows, %d test rows, prompt format %s", config.name, len(train), len(test),
              config.prompt_format)
     return TaskData(train, test, make_checker(train_problems + test_problems), fingerprint,
-                    prompt_format=config.prompt_format, system_prompt=config.system_prompt)
+                    prompt_format=config.prompt_format, system_prompt=config.system_prompt,
+                    dropped_empty_gold=len(test_empty))
 
 
 # ---------------------------------------------------------------------------- the options

@@ -31,6 +31,7 @@ class TaskData:
     prompt_format: str = "zero_shot"
     system_prompt: str | None = None  # chat only: an optional system turn before the user message
     chat_rendered: bool = False  # render_prompts has run (it is idempotent)
+    dropped_empty_gold: int = 0  # test rows left out because their gold answer is empty (benchmarks.py)
 
     UNLABELLED_COLUMNS = ("question", "prompt")
 
