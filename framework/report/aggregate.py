@@ -226,7 +226,7 @@ _LABEL = re.compile(r"^(?P<name>[^(]+)\((?P<keys>.*)\)$")
 
 
 def _label_keys(label: str) -> list[str]:
-    """The keys a decoder label shows: `bon(samples_per_prompt=16, selector=logprob)` -> [samples_per_prompt, selector]."""
+    """The keys a label shows: `bon(samples_per_prompt=16, selector=logprob)` -> [samples_per_prompt, selector]."""
     match = _LABEL.match(label)
     return re.findall(r"(?:^|, )(\w+)=", match["keys"]) if match else []
 

@@ -142,7 +142,8 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         "output for greedy, beam and best-of-N; every sample for `sample`). 95% CI over both problems and "
         "seeds (crossed random-effects variance, normal interval; one seed: Wilson over problems).",
         "Lift vs greedy: 100 x (accuracy - greedy accuracy) / greedy accuracy of the same method on the "
-        "seeds both rows have (beam width 1 is greedy; best-of-N without either: its own greedy pass).",
+        "seeds and problems both rows have (beam width 1 is greedy; best-of-N without either: its own greedy "
+        "pass); comparison.md, --by-n and --by-width read the same reference.",
         "pass@N: share of problems with at least one correct of N samples (unbiased estimator), mean over seeds.",
         f"Δ vs {baseline}: accuracy difference in points to `{baseline}` with the same decoder, on the seeds and "
         f"problems both have, seeds averaged per problem; 95% paired bootstrap interval over problems "
