@@ -23,6 +23,7 @@ def _curves(wandb_run, kind: str) -> list[dict]:
     return wandb_run.series(f"train/{kind}/")
 
 
+@pytest.mark.slow  # two jobs that train (SFT, BoN-SFT, the control): about 40 s on 2 cores
 def test_a_job_that_reuses_its_model_logs_the_same_curves_and_config_as_the_one_that_trained_it(compose_cfg,
                                                                                                 tmp_path):
     cache = tmp_path / "cache"
