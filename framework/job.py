@@ -212,18 +212,23 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         trained_at = time.time()
         method_context = starting_context(context, algorithm)
         policy = algorithm(method_context)
+        model_stages = stages.compute_ledger()  # every stage the model rests on (the control's come after)
         control = None  # the method's control (evaluation.control_decoders), evaluated beside it
         if settings.decoder.name in settings.evaluation.control_decoders:
             control = train_control(method_context)
+        control_stages = [entry for entry in stages.compute_ledger() if entry not in model_stages]
         train_seconds = time.time() - trained_at
         if not distributed.is_main_process():  # the main process decodes and scores alone; wait for its results
             results, failed = distributed.wait_for_main("decoding and scoring the test split"), False
             return results
         main_evaluates = True
+        # from the stages' records, so a job that reused its model shows the same curves as one that trained it
+        tracking.log_training_curves(tracker, stages, model_stages, control_stages)
 
         metrics, records, evaluation_reused = _evaluate(settings, policy, data, decoder, stages, runtime)
         premises = _measure_premises(settings, method_context, stages, runtime, policy)
-        compute = stages.compute_spent()
+        # the model's compute: not its control's training, which the control's own record counts
+        compute = stages.compute_spent([entry for entry in stages.compute_ledger() if entry not in control_stages])
         write_jsonl(output_dir / "generations.jsonl", records)
         result = JobResult(
             algorithm=settings.algorithm.name, decoder=settings.decoder.name, decoder_label=settings.decoder.label(),

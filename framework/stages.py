@@ -270,6 +270,10 @@ class StageStore:
         evaluation rest on."""
         return list(self._ledger.values())
 
+    def record(self, entry: dict) -> dict:
+        """The stage.json of a ledger entry (what `commit` wrote: its spec, compute, a trainer's log_history)."""
+        return json.loads((self.root / entry["kind"] / entry["key"] / DONE_MARKER).read_text())
+
     def compute_spent(self, entries: list[dict] | None = None) -> dict:
         """What a model cost, summed over the ledger `entries` it rests on (default: the whole ledger),
         whether computed now or reused; shared stages are listed under `stages` but not summed."""

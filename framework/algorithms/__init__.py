@@ -40,7 +40,7 @@ class AlgorithmContext:
     stages: StageStore
     runtime: Runtime
     seed: int
-    report_to: str  # "wandb" or "none", passed to TrainingArguments
+    report_to: str  # passed to TrainingArguments: "none" from every tracker (curves reach W&B from the stage records)
     output_dir: Path  # this job's own directory
     log: Callable[[dict], None] = lambda metrics: None  # extra metrics to the tracker
     model_config: ModelConfig = field(default_factory=ModelConfig)  # model-wide options: LoRA, checkpointing, attention

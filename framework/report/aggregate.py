@@ -1,16 +1,21 @@
 """The report's cells: every seed of one (dataset, model, method, decoder) pooled into an accuracy with its
 interval, lift over the same method's greedy accuracy, pass@N and compute, and compared with the baseline
-method and with the method's control under the same decoder (Holm over every comparison)."""
+method and with the method's control under the same decoder (Holm over every comparison).
+
+Every view that needs "the same method's greedy accuracy" (report.md's lift, comparison.md's per-job lift,
+the best-of-N-by-N table and plot, beam width 1 of the width table and plot) reads it here, one way: the
+greedy job (else beam width 1) of the same method, on the seeds and problems both scored."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from framework.evaluation import Z_95
 from framework.report.statistics import (
     BOOTSTRAP_RESAMPLES, Comparison, holm, paired_scores_comparison, seed_problem_interval,
 )
-from framework.report.sweep import Run, control_label
+from framework.report.sweep import Run, control_label, readable_values
 from framework.results import JobResult
 
 BASELINE = "sft"
@@ -26,15 +31,17 @@ class Cell:
     model: str
     algorithm: str  # the method's row label (Run.method_label)
     decoder: str
-    decoder_label: str
+    decoder_label: str  # the full label (DecoderConfig.label()): report.csv and the footnotes
     decoder_config: dict
     runs: list[Run]
+    decoder_short: str = ""  # the label in tables and legends (short_decoder_labels); set by `aggregate`
     accuracy: float = 0.0
     ci_low: float | None = None
     ci_high: float | None = None
     interval: str = ""  # how the interval was computed
     num_problems: int = 0
     lift: float | None = None  # % over greedy, matched seeds
+    greedy_reference: float | None = None  # the same method's greedy accuracy on this cell's seeds and problems
     pass_n: tuple[int, float] | None = None
     compute: dict = field(default_factory=dict)
     comparison: Comparison | None = None
@@ -75,13 +82,22 @@ def mean_or_none(values) -> float | None:
 
 def compute_spent(result: JobResult) -> dict:
     """Compute of one job: training (summed over every stage its model depends on, cached or not, when
-    results.json has a `compute` record; else this job's own training time) and evaluation."""
+    results.json has a `compute` record; else this job's own training time) and evaluation. Both report.md
+    and comparison.md read it.
+
+    Evaluation tokens count every sequence the decoder carries: best-of-N's and sampling's samples are all
+    in generations.jsonl; beam search keeps one of its num_beams hypotheses, so its count is num_beams x the
+    kept output's tokens, a lower bound (every step extends num_beams hypotheses; the engine does not report
+    the discarded ones' lengths)."""
     compute, metrics = result.compute or {}, result.metrics
+    eval_tokens = metrics.get("generated_tokens")
+    if eval_tokens is not None and result.decoder == "beam":
+        eval_tokens *= int((result.decoder_config or {}).get("num_beams", 1))
     return {
         "train_tokens": compute.get("train_tokens"),
         "sampling_generated_tokens": compute.get("sampling_generated_tokens"),
         "train_seconds": compute.get("train_seconds", result.train_seconds),
-        "eval_generated_tokens": metrics.get("generated_tokens"),
+        "eval_generated_tokens": eval_tokens,
         "decode_seconds": metrics.get("decode_seconds"),
         "wall_seconds": result.wall_seconds,
     }
@@ -135,39 +151,148 @@ def aggregate(runs: list[Run], baseline: str = BASELINE, resamples: int = BOOTST
         cell.compute = {key: mean_or_none(s[key] for s in spent) for key in spent[0]}
         cells.append(cell)
     cells.sort(key=lambda c: (c.dataset, c.model, method_rank(c.algorithm), _decoder_rank(c)))
+    shorts = short_decoder_labels((c.decoder, c.decoder_label, c.decoder_config) for c in cells)
     by_key = {cell.key: cell for cell in cells}
     greedy_of = {}  # (dataset, model, method) -> its greedy cell; beam search of width 1 is greedy too
     for cell in cells:
-        if cell.decoder == "greedy" or (cell.decoder == "beam" and cell.decoder_config.get("num_beams") == 1):
+        cell.decoder_short = shorts[cell.decoder_label]
+        if _is_greedy(cell.decoder, cell.decoder_config):
             greedy_of.setdefault((cell.dataset, cell.model, cell.algorithm), cell)
     for cell in cells:
-        cell.lift = _lift_over_greedy(cell, greedy_of.get((cell.dataset, cell.model, cell.algorithm)))
+        greedy = greedy_of.get((cell.dataset, cell.model, cell.algorithm))
+        if greedy is not cell:
+            accuracy, cell.greedy_reference = greedy_reference(
+                {run.result.seed: run for run in cell.runs},
+                {run.result.seed: run for run in greedy.runs} if greedy is not None else {})
+            cell.lift = lift_percent(accuracy, cell.greedy_reference)
     if compare:
         _compare_with_baseline(cells, by_key, baseline, resamples)
     return cells
 
 
-def _lift_over_greedy(cell: Cell, greedy: Cell | None) -> float | None:
-    """% lift of the cell's accuracy over the same method's greedy accuracy (greedy, else beam width 1) on
-    the seeds and problems both have; without either, over the greedy reference a best-of-N job decodes itself."""
-    if greedy is cell:
+def _is_greedy(decoder: str, config: dict | None) -> bool:
+    """Greedy decoding, or beam search of width 1 (the same output)."""
+    return decoder == "greedy" or (decoder == "beam" and (config or {}).get("num_beams") == 1)
+
+
+def lift_percent(accuracy: float | None, reference: float | None) -> float | None:
+    """100 x (accuracy - reference) / reference; None without both (or with a reference of 0)."""
+    return None if accuracy is None or not reference else 100.0 * (accuracy - reference) / reference
+
+
+def greedy_reference(ours: dict[int, Run], greedy: dict[int, Run]) -> tuple[float | None, float | None]:
+    """(our accuracy, the same method's greedy accuracy) on the seeds and problems both scored, from seed ->
+    job maps: one job each for comparison.md's row, every seed for report.md's cell.
+
+    Without per-problem scores: results.json's accuracies on the common seeds. Without a greedy job (no greedy
+    or beam-1 job of this method): the greedy reference a best-of-N job decodes itself (`greedy_accuracy`,
+    decoder.greedy_reference), on its own problems."""
+    seeds = sorted(set(ours) & set(greedy))
+    if seeds:
+        mine = {seed: ours[seed].problem_scores for seed in seeds}
+        theirs = {seed: greedy[seed].problem_scores for seed in seeds}
+        if all(mine.values()) and all(theirs.values()):  # on the problems both scored (max_problems may differ)
+            problems = sorted(set.intersection(*(set(s) for s in [*mine.values(), *theirs.values()])))
+            return (mean_or_none(mine[s][i] for s in seeds for i in problems),
+                    mean_or_none(theirs[s][i] for s in seeds for i in problems))
+        return (mean_or_none(ours[s].result.metrics["accuracy"] for s in seeds),
+                mean_or_none(greedy[s].result.metrics["accuracy"] for s in seeds))
+    runs = list(ours.values())
+    return (mean_or_none(run.result.metrics["accuracy"] for run in runs),
+            mean_or_none(run.result.metrics.get("greedy_accuracy") for run in runs))
+
+
+def greedy_jobs(runs: list[Run]) -> dict[tuple, Run]:
+    """(dataset, model, method row, seed) -> that method's greedy job (else its beam-1 job) for that seed."""
+    found: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: r.result.decoder != "greedy"):  # greedy before beam width 1
+        result = run.result
+        if _is_greedy(result.decoder, result.decoder_config):
+            found.setdefault((result.dataset, result.model, run.method_label, result.seed), run)
+    return found
+
+
+def job_greedy_reference(run: Run, greedy: dict[tuple, Run]) -> tuple[float | None, float | None]:
+    """`greedy_reference` for one job (`greedy`: from `greedy_jobs`); (None, None) for a greedy job itself."""
+    result = run.result
+    match = greedy.get((result.dataset, result.model, run.method_label, result.seed))
+    if match is run:
+        return None, None
+    return greedy_reference({result.seed: run}, {result.seed: match} if match is not None else {})
+
+
+# ---------------------------------------------------------------------------- labels
+_LABEL = re.compile(r"^(?P<name>[^(]+)\((?P<keys>.*)\)$")
+
+
+def _label_keys(label: str) -> list[str]:
+    """The keys a label shows: `bon(samples_per_prompt=16, selector=logprob)` -> [samples_per_prompt, selector]."""
+    match = _LABEL.match(label)
+    return re.findall(r"(?:^|, )(\w+)=", match["keys"]) if match else []
+
+
+def short_decoder_labels(decoders) -> dict[str, str]:
+    """Full decoder label -> the label tables and legends show: the decoder's name, plus the keys (of those
+    its labels show) that differ among this report's decoders of that name; the full label goes to report.csv
+    and a footnote. The headline's `bon(max_problems=100, samples_per_prompt=16, temperature=1.0,
+    selector=logprob)` becomes `bon`; a selector sweep keeps `bon(selector=majority)`.
+
+    `decoders`: (decoder name, full label, decoder config or None) triples."""
+    by_name: dict[str, dict[str, dict | None]] = {}
+    for name, label, config in decoders:
+        by_name.setdefault(name, {})[label] = config
+    shorts = {}
+    for name, labels in by_name.items():
+        if len(labels) == 1 or any(config is None for config in labels.values()):
+            shorts.update({label: label if len(labels) > 1 else name for label in labels})
+            continue
+        shown = list(dict.fromkeys(key for label in labels for key in _label_keys(label)))
+        varying = [key for key in shown if len({str(config.get(key)) for config in labels.values()}) > 1]
+        texts = {key: readable_values([config.get(key) for config in labels.values()]) for key in varying}
+        chosen = {label: f"{name}(" + ", ".join(f"{key}={texts[key][index]}" for key in varying) + ")"
+                  for index, label in enumerate(labels)}
+        # labels that would read alike (a config without a key its label shows) keep their full text
+        shorts.update(chosen if len(set(chosen.values())) == len(chosen) else {label: label for label in labels})
+    return shorts
+
+
+def decoder_footnote(cells: list[Cell]) -> str | None:
+    """`Decoders: beam is beam(num_beams=4); bon is bon(...)`: the full label of every shortened one."""
+    pairs = dict((c.decoder_short, c.decoder_label) for c in cells if c.decoder_short != c.decoder_label)
+    if not pairs:
         return None
-    if greedy is not None:
-        seeds = sorted(set(cell.seeds) & set(greedy.seeds))
-        ours, theirs = cell.scores_by_seed(seeds), greedy.scores_by_seed(seeds)
-        if seeds and ours and theirs:  # on the problems both scored (decoder.max_problems may differ)
-            problems = sorted(set.intersection(*(set(s) for s in [*ours.values(), *theirs.values()])))
-            accuracy = mean_or_none(ours[s][i] for s in seeds for i in problems)
-            reference = mean_or_none(theirs[s][i] for s in seeds for i in problems)
-        else:
-            accuracy = mean_or_none(run.result.metrics["accuracy"] for run in cell.runs if run.result.seed in seeds)
-            reference = mean_or_none(run.result.metrics["accuracy"] for run in greedy.runs if run.result.seed in seeds)
-    else:
-        accuracy = cell.accuracy
-        reference = mean_or_none(run.result.metrics.get("greedy_accuracy") for run in cell.runs)
-    if accuracy is None or not reference:
-        return None
-    return 100.0 * (accuracy - reference) / reference
+    return "Decoders: " + "; ".join(f"`{short}` is `{full}`" for short, full in pairs.items()) + "."
+
+
+# ---------------------------------------------------------------------------- beam width
+def beam_ranking(config: dict) -> str:
+    """How a beam decoder ranks finished beams: by the sum of log-probs (length_penalty 0, the SOC paper's
+    reading: beam search ranks by accumulated log-probabilities) or by sum / length^penalty."""
+    penalty = float(config.get("length_penalty", 1.0))
+    return "sum log-prob" if penalty == 0 else ("mean log-prob" if penalty == 1 else f"sum / length^{penalty:g}")
+
+
+def beam_widths(cells: list[Cell]) -> dict[tuple[str, str], dict[int, Cell]]:
+    """(method row, beam ranking) -> {beam width: cell}, for the width table and plot alike. The method's
+    greedy cell is width 1 of every ranking (greedy is beam search of width 1, whatever the ranking) unless
+    a beam-1 cell of that ranking exists. Only (dataset, model) pairs are not told apart: pass one's cells."""
+    points: dict[tuple[str, str], dict[int, Cell]] = {}
+    for cell in cells:
+        if cell.decoder == "beam" and "num_beams" in cell.decoder_config:
+            points.setdefault((cell.algorithm, beam_ranking(cell.decoder_config)), {})[
+                int(cell.decoder_config["num_beams"])] = cell
+    for cell in cells:
+        if cell.decoder == "greedy":
+            for (method, _), widths in points.items():
+                if method == cell.algorithm:
+                    widths.setdefault(1, cell)
+    return points
+
+
+def paired_means(cell: Cell, reference: Cell) -> tuple[float | None, float | None]:
+    """The two cells' accuracies on the seeds and problems both scored (`greedy_reference` on cells)."""
+    return greedy_reference({run.result.seed: run for run in cell.runs},
+                            {run.result.seed: run for run in reference.runs})
 
 
 def paired_comparison(cell: Cell | None, reference: Cell | None,

@@ -7,7 +7,10 @@ import io
 import sys
 from pathlib import Path
 
-from framework.report.aggregate import BASELINE, Cell, aggregate, mean_or_none, method_rank, paired_comparison
+from framework.report.aggregate import (
+    BASELINE, Cell, aggregate, beam_widths, compute_spent, decoder_footnote, greedy_jobs, job_greedy_reference,
+    lift_percent, mean_or_none, method_rank, paired_comparison, paired_means, short_decoder_labels,
+)
 from framework.report.checks import run_checks
 from framework.report.fidelity import fidelity_lines, premises_lines
 from framework.report.plots import write_plots
@@ -27,7 +30,7 @@ CSV_COLUMNS = ("dataset", "model", "method", "decoder", "seeds", "num_problems",
                "control_ci_high", "control_p_value", "control_p_holm", "control_significant", "train_tokens",
                "sampling_generated_tokens", "eval_generated_tokens", "train_seconds", "decode_seconds", "wall_seconds")
 COLUMNS = ("algorithm", "decoder", "seed", "accuracy", "95% CI", "flexible", "pass@k", "lift vs greedy %",
-           "mean tokens", "train s", "decode s")
+           "mean tokens", "eval tokens", "train s", "decode s")
 
 
 def _count(value: float | None) -> str:
@@ -59,7 +62,7 @@ def report_rows(cells: list[Cell]) -> list[list[str]]:
     rows = []
     for cell in cells:
         rows.append([
-            cell.algorithm, cell.decoder_label, str(len(cell.runs)),
+            cell.algorithm, cell.decoder_short, str(len(cell.runs)),
             f"{100 * cell.accuracy:.1f} [{_percent(cell.ci_low)}, {_percent(cell.ci_high)}]",
             _signed(cell.lift), "—" if cell.pass_n is None else f"{100 * cell.pass_n[1]:.1f} (N={cell.pass_n[0]})",
             *_delta(cell.comparison), *_delta(cell.control_comparison),
@@ -95,7 +98,7 @@ def _minimum_detectable_lines(cells: list[Cell]) -> list[str]:
     by_decoder: dict[str, list[float]] = {}
     for cell in cells:
         if cell.comparison is not None:
-            by_decoder.setdefault(cell.decoder_label, []).append(minimum_detectable_difference(cell.comparison))
+            by_decoder.setdefault(cell.decoder_short, []).append(minimum_detectable_difference(cell.comparison))
     if not by_decoder:
         return []
     parts = [f"{label} {100 * sorted(v)[len(v) // 2]:.1f} points ({len(v)} comparisons, "
@@ -121,6 +124,8 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         lines += [f"## `{dataset}` with model `{model}`", "",
                   f"{'/'.join(map(str, problems))} test problems, seeds {', '.join(map(str, seeds))}.", ""]
         lines += _markdown_table(header, report_rows(group)) + [""]
+        if footnote := decoder_footnote(group):
+            lines += [footnote, ""]
         lines += _minimum_detectable_lines(group)
         if premises := premises_lines(group):
             lines += ["### Premises: is the starting model in the regime the papers assume?", "", *premises, "",
@@ -137,7 +142,8 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         "output for greedy, beam and best-of-N; every sample for `sample`). 95% CI over both problems and "
         "seeds (crossed random-effects variance, normal interval; one seed: Wilson over problems).",
         "Lift vs greedy: 100 x (accuracy - greedy accuracy) / greedy accuracy of the same method on the "
-        "seeds both rows have (beam width 1 is greedy; best-of-N without either: its own greedy pass).",
+        "seeds and problems both rows have (beam width 1 is greedy; best-of-N without either: its own greedy "
+        "pass); comparison.md, --by-n and --by-width read the same reference.",
         "pass@N: share of problems with at least one correct of N samples (unbiased estimator), mean over seeds.",
         f"Δ vs {baseline}: accuracy difference in points to `{baseline}` with the same decoder, on the seeds and "
         f"problems both have, seeds averaged per problem; 95% paired bootstrap interval over problems "
@@ -149,9 +155,11 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         "started from, with the method's optimizer steps, batch, learning rate and schedule "
         "(evaluation.control_decoders). Δ vs control: the method against its own control, computed like Δ vs "
         f"{baseline}; it separates what the method's data does from what more optimizer steps do.",
-        "Compute, mean per job: train tokens and sampled tokens are summed over every training stage the "
-        "model depends on (cached stages included) when results.json records them; eval tokens are the "
-        "tokens generated on the test set; train s falls back to the job's own training time.",
+        "Compute, mean per job: train tokens, sampled tokens and train s are summed over every training stage "
+        "the model depends on (cached stages included) when results.json records them (train s falls back to "
+        "the job's own training time); eval tokens are the tokens generated on the test set, every sample of "
+        "best-of-N and sampling, and num_beams x the kept output for beam search (a lower bound: the discarded "
+        "beams' lengths are not recorded). comparison.md's train s and eval tokens are the same per job.",
     ]
     fallback = [c for c in cells if c.interval.startswith("per-seed")]
     if fallback:
@@ -187,33 +195,49 @@ def write_report(runs: list[Run], out_dir: Path, title: str, missing: list[str],
 
 
 # ---------------------------------------------------------------------------- per-job table (comparison.md)
-def job_table_rows(runs: list[Run]) -> list[list[str]]:
+def job_table_rows(runs: list[Run], short_labels: bool = False) -> list[list[str]]:
+    """One row per job. Lift, train s and eval tokens are read as report.md reads them (`job_greedy_reference`,
+    `compute_spent`), so a job's row and its cell agree. `short_labels`: the decoder as tables show it (the
+    Markdown); else the full label (the CSV)."""
+    greedy = greedy_jobs(runs)
+    shorts = short_decoder_labels((r.result.decoder, r.result.decoder_label, r.result.decoder_config) for r in runs)
     rows = []
     for run in runs:
         result, metrics = run.result, run.result.metrics
         pass_keys = sorted((key for key in metrics if key.startswith("pass@")), key=lambda k: int(k[5:]))
+        spent = compute_spent(result)
         rows.append([
-            run.method_label, result.decoder_label, str(result.seed),
+            run.method_label, shorts[result.decoder_label] if short_labels else result.decoder_label, str(result.seed),
             f"{100 * metrics['accuracy']:.1f}",
             f"[{100 * metrics['accuracy_ci_low']:.1f}, {100 * metrics['accuracy_ci_high']:.1f}]",
             f"{100 * metrics['accuracy_flexible']:.1f}",
             f"{pass_keys[-1]}={100 * metrics[pass_keys[-1]]:.1f}" if pass_keys else "",
-            _signed(metrics.get("lift_over_greedy")),
-            f"{metrics['mean_tokens']:.1f}", f"{result.train_seconds:.0f}", f"{metrics['decode_seconds']:.1f}",
+            _signed(lift_percent(*job_greedy_reference(run, greedy))),
+            f"{metrics['mean_tokens']:.1f}", _count(spent["eval_generated_tokens"]), _count(spent["train_seconds"]),
+            f"{metrics['decode_seconds']:.1f}",
         ])
     return rows
 
 
 def job_table_markdown(runs: list[Run], missing: list[str]) -> str:
     """comparison.md: one row per job, with the jobs that left no results."""
-    rows = job_table_rows(runs)
+    rows = job_table_rows(runs, short_labels=True)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if runs:
         first = runs[0].result
-        lines.append(f"\nAccuracy in % on {first.metrics['num_problems']} test problems of `{first.dataset}` "
+        problems = "/".join(map(str, sorted({int(r.result.metrics["num_problems"]) for r in runs})))
+        lines.append(f"\nAccuracy in % on {problems} test problems of `{first.dataset}` "
                      f"(model `{first.model}`); 95% interval over problems (Wilson; normal approximation for "
-                     f"decoders scoring several samples per problem).")
+                     f"decoders scoring several samples per problem). Lift vs greedy: over the same method's "
+                     f"greedy job of the same seed, on the problems both scored; train s: every training stage "
+                     f"the model rests on, cached or not; eval tokens: beam search counts num_beams x its output "
+                     f"(as report.md; docs/report.md).")
+        shorts = short_decoder_labels((r.result.decoder, r.result.decoder_label, r.result.decoder_config)
+                                      for r in runs)
+        renamed = {short: full for full, short in shorts.items() if short != full}
+        if renamed:
+            lines.append("Decoders: " + "; ".join(f"`{short}` is `{full}`" for short, full in renamed.items()) + ".")
     if missing:
         lines.append(f"\nJobs without results (failed or interrupted): {', '.join(missing)}")
     return "\n".join(lines)
@@ -226,80 +250,81 @@ def write_job_table(runs: list[Run], missing: list[str], out_dir: Path) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(COLUMNS)
-    writer.writerows(job_table_rows(runs))
+    writer.writerows(job_table_rows(runs))  # the full decoder labels
     (out_dir / "comparison.csv").write_text(buffer.getvalue())
     return text
 
 
 # ---------------------------------------------------------------------------- the papers' views
-def _beam_ranking(config: dict) -> str:
-    """How a beam decoder ranks finished beams: by the sum of log-probs (length_penalty 0, the SOC paper's
-    reading: beam search ranks by accumulated log-probabilities) or by sum / length^penalty."""
-    penalty = float(config.get("length_penalty", 1.0))
-    return "sum log-prob" if penalty == 0 else ("mean log-prob" if penalty == 1 else f"sum / length^{penalty:g}")
-
-
 def width_table(runs: list[Run]) -> str:
     """Accuracy by beam width per method and beam ranking (SOC paper's view), pooled over seeds.
 
     Each cell is the report's accuracy with its interval over seeds and problems (`seed_problem_interval`).
-    Beam regret is the accuracy at width k minus the accuracy at the smallest width (1 = greedy), in
-    points. Over-optimism: the share of outputs that are wrong yet more likely under the model than the
-    gold demonstration (mean over seeds). Rows differ by `length_penalty` (transformers ranks running
-    beams by summed log-prob either way; the penalty decides among finished ones).
+    Width 1 is the method's greedy job where the sweep has no beam-1 job (greedy is beam search of width 1),
+    as in the width plot (`aggregate.beam_widths`). Beam regret is the accuracy at width k minus the
+    accuracy at width 1 (else the smallest width), in points, on the seeds and problems both scored.
+    Over-optimism: the share of outputs that are wrong yet more likely under the model than the gold
+    demonstration (mean over seeds). Rows differ by `length_penalty` (transformers ranks running beams by
+    summed log-prob either way; the penalty decides among finished ones).
     """
-    beam_runs = [r for r in runs if r.result.decoder == "beam" and r.result.decoder_config is not None]
-    if not beam_runs:
+    if not any(r.result.decoder == "beam" and r.result.decoder_config is not None for r in runs):
         return "No beam-search runs in this directory."
-    widths = sorted({r.result.decoder_config["num_beams"] for r in beam_runs})
-    cells = {(c.algorithm, _beam_ranking(c.decoder_config), c.decoder_config["num_beams"]): c
-             for c in aggregate(beam_runs, compare=False)}
-    rows = sorted({(method, ranking) for method, ranking, _ in cells}, key=lambda r: (method_rank(r[0]), r[1]))
-    optimism = {key: mean_or_none(run.result.metrics.get("over_optimism_rate") for run in cell.runs)
-                for key, cell in cells.items()}
-    header = "| method | beam ranking | " + " | ".join(f"width {w}" for w in widths) + " |"
+    cells = aggregate(runs, compare=False)
+    points = {key: widths for dataset_model in dict.fromkeys((c.dataset, c.model) for c in cells)
+              for key, widths in beam_widths([c for c in cells if (c.dataset, c.model) == dataset_model]).items()}
+    widths = sorted({w for by_width in points.values() for w in by_width})
+    rows = sorted(points, key=lambda r: (method_rank(r[0]), r[1]))
+    header = "| method | beam ranking | " + " | ".join(f"width {w}" + (" (greedy)" if w == 1 else "")
+                                                       for w in widths) + " |"
     rule = "|---|---|" + "---|" * len(widths)
     lines = ["Accuracy (%) by beam width, mean [95% CI] over seeds and problems", "", header, rule]
-    for method, ranking in rows:
-        row = [f"{100 * cells[method, ranking, w].accuracy:.1f} [{_percent(cells[method, ranking, w].ci_low)}, "
-               f"{_percent(cells[method, ranking, w].ci_high)}]" if (method, ranking, w) in cells else ""
-               for w in widths]
-        lines.append(f"| {method} | {ranking} | " + " | ".join(row) + " |")
-    lines += ["", f"Beam regret (points vs width {widths[0]}) and over-optimism rate (%)", "", header, rule]
-    for method, ranking in rows:
-        first = cells.get((method, ranking, widths[0]))
-        row = [f"{100 * (cells[method, ranking, w].accuracy - first.accuracy):+.1f} / "
-               f"{100 * optimism[method, ranking, w]:.1f}"
-               if first is not None and (method, ranking, w) in cells and optimism[method, ranking, w] is not None
+    for key in rows:
+        row = [f"{100 * c.accuracy:.1f} [{_percent(c.ci_low)}, {_percent(c.ci_high)}]" if (c := points[key].get(w))
                else "" for w in widths]
-        lines.append(f"| {method} | {ranking} | " + " | ".join(row) + " |")
-    counts = sorted({len(cell.runs) for cell in cells.values()})
-    lines.append(f"\nSeeds per cell: {', '.join(map(str, counts))}. The SOC paper's argument is about beam "
-                 "search ranked by accumulated (summed) log-probability: the `sum log-prob` rows.")
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(row) + " |")
+    lines += ["", f"Beam regret (points vs width {widths[0]}) and over-optimism rate (%)", "", header, rule]
+    for key in rows:
+        by_width = points[key]
+        first = by_width[min(by_width)]
+        row = []
+        for w in widths:
+            cell = by_width.get(w)
+            optimism = mean_or_none(run.result.metrics.get("over_optimism_rate") for run in cell.runs) if cell else None
+            ours, reference = paired_means(cell, first) if cell is not None else (None, None)
+            regret = "—" if ours is None or reference is None else f"{100 * (ours - reference):+.1f}"
+            row.append("" if cell is None else f"{regret} / {_percent(optimism)}")
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(row) + " |")
+    counts = sorted({len(cell.runs) for by_width in points.values() for cell in by_width.values()})
+    lines.append(f"\nSeeds per cell: {', '.join(map(str, counts))}. Width 1 is greedy decoding where no beam-1 job "
+                 "ran. The SOC paper's argument is about beam search ranked by accumulated (summed) log-probability: "
+                 "the `sum log-prob` rows.")
     return "\n".join(lines)
 
 
 def bon_curve_table(runs: list[Run]) -> str:
     """Best-of-N accuracy against N' per (method, selector, seed), from each job's subsampled curve
-    (the sharpening paper's view): accuracy %, its lift over the same model's greedy accuracy, and
-    pass@N' (coverage: any of N' samples correct)."""
+    (the sharpening paper's view): accuracy %, its lift over the same method's greedy accuracy, and
+    pass@N' (coverage: any of N' samples correct). The greedy accuracy is the one report.md's lift uses
+    (`aggregate.job_greedy_reference`): the greedy job of the same method and seed on the problems the
+    best-of-N job scored, else the job's own greedy pass."""
     curves = [r for r in runs if "bon_accuracy_by_n" in r.result.metrics]
     if not curves:
         return "No best-of-N runs in this directory."
+    greedy_of = greedy_jobs(runs)
     sizes = sorted({int(n) for r in curves for n in r.result.metrics["bon_accuracy_by_n"]})
     header = "| method | selector | seed | greedy | " + " | ".join(f"N={n}" for n in sizes) + " |"
     rule = "|---|---|---|---|" + "---|" * len(sizes)
     lines = ["Best-of-N accuracy % (lift over greedy %) by N", "", header, rule]
     coverage = ["", "Coverage: pass@N %", "", header, rule]
-    by_row = sorted(curves, key=lambda r: (r.method_label, r.result.decoder_config.get("selector", ""), r.result.seed))
+    by_row = sorted(curves, key=lambda r: (method_rank(r.method_label), r.result.decoder_config.get("selector", ""),
+                                           r.result.seed))
     for run in by_row:
         metrics, selector = run.result.metrics, run.result.decoder_config.get("selector", "")
-        greedy = metrics.get("greedy_accuracy")
-        lifts = metrics.get("lift_over_greedy_by_n") or {}
-        prefix = (f"| {run.method_label} | {selector} | {run.result.seed} | "
-                  f"{'' if greedy is None else f'{100 * greedy:.1f}'} | ")
-        cells = [f"{100 * metrics['bon_accuracy_by_n'][str(n)]:.1f} ({_signed(lifts.get(str(n)))})"
-                 if str(n) in metrics["bon_accuracy_by_n"] else "" for n in sizes]
+        _, greedy = job_greedy_reference(run, greedy_of)
+        prefix = f"| {run.method_label} | {selector} | {run.result.seed} | {_percent(greedy)} | "
+        curve = metrics["bon_accuracy_by_n"]
+        cells = [f"{100 * curve[str(n)]:.1f} ({_signed(lift_percent(curve[str(n)], greedy))})"
+                 if str(n) in curve else "" for n in sizes]
         lines.append(prefix + " | ".join(cells) + " |")
         covered = [f"{100 * metrics[f'pass@{n}']:.1f}" if f"pass@{n}" in metrics else "" for n in sizes]
         coverage.append(prefix + " | ".join(covered) + " |")
