@@ -1,21 +1,26 @@
-"""Framework overhead, measured in one run on the same model, data, batch and steps:
+"""Framework overhead against plain TRL / transformers, each ratio over the same work on both sides:
 
-  (a) SFT training tokens/s: `algorithm=sft` (stage store, checkpoints, completion-only loss)
-      against a plain TRL SFTTrainer script;
-  (b) evaluation generation tokens/s: the greedy decoder (batches, sorted prompts, log-probs from
-      the logits) against one batched `model.generate` call on the same prompts;
-  (c) SOC training tokens/s against SFT, both through the framework on the same steps and batches.
+  (a) SFT training: `algorithm=sft` through the framework (stage store, resumable checkpoints, completion-only
+      loss) against a plain TRL SFTTrainer script: the same model, rows, seed, batch, accumulation, schedule and
+      steps, both timed from building the trainer to the saved model;
+  (b) SOC against SFT, both through the framework on the same steps and batches;
+  (c) greedy evaluation: the greedy decoder on the framework's engine against one batched `model.generate` call on
+      the same prompts, both from the prompts' text to the generated token ids.
 
-    python benchmarks/throughput.py [--sft-steps 100] [--test-size 200] [--json out.json]
+A ratio is printed only when both sides did the same work: the same training tokens (TRL's own count) and
+optimizer steps, or the same generated token ids; otherwise the script prints the mismatch and no ratio.
 
-The base model is the embedded tiny model (built once into a temporary cache). Ratios above 1 mean
-the framework is faster than the plain script.
+    python benchmarks/throughput.py [--sft-steps 100] [--test-size 500] [--json out.json]
+
+The base model is the embedded tiny model (built once into a temporary cache). Ratios above 1 mean the framework
+is faster than the plain script. Timings are medians over --repeats alternating runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,33 +29,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-def _tokens_of(trainer) -> float:
-    logged = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
-    return float(logged[-1]) if logged else float("nan")
+def _logged(trainer, key: str) -> float:
+    values = [entry[key] for entry in trainer.state.log_history if key in entry]
+    return float(values[-1]) if values else float("nan")
+
+
+def _ratio_line(name: str, ours: float, theirs: float, same: bool, what: str) -> tuple[str, float | None]:
+    if not same:
+        return f"  {name}: no ratio, the two sides did not do the same work ({what})", None
+    return f"  {name}: ratio {theirs / ours:.3f} (framework time {ours:.2f} s, plain {theirs:.2f} s; {what})", theirs / ours
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--test-size", type=int, default=200)
+    parser.add_argument("--test-size", type=int, default=500)
     parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=5, help="timed generation repetitions (median kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs per side (median kept)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
     import torch
     from datasets import Dataset
     from transformers import set_seed
-
-    from framework.generation import TransformersEngine
     from trl import SFTConfig, SFTTrainer
 
     from framework import registry
     from framework.algorithms import AlgorithmContext
+    from framework.algorithms import sft as sft_module
+    from framework.algorithms import soc as soc_module
+    from framework.algorithms import sft_stage
     from framework.algorithms.sft_stage import SFTAlgorithmConfig
+    from framework.algorithms.soc import SOCConfig
     from framework.data.loaders import ArithDatasetConfig
     from framework.decoding import GreedyConfig
+    from framework.generation import TransformersEngine
     from framework.models import TinyModelConfig, resolve_runtime
     from framework.stages import StageStore
 
@@ -60,39 +74,37 @@ def main() -> None:
     stages = StageStore(work / "cache", reuse=False)
     data = registry.datasets.get("arith")(ArithDatasetConfig(test_size=args.test_size))
     base = registry.models.get("tiny")(TinyModelConfig(), stages, runtime)
+    # the training keys both sides use (the embedded SFT's schedule, accumulation 1)
+    keys = dict(learning_rate=1e-3, lr_scheduler_type="cosine", warmup_ratio=0.03, weight_decay=0.0,
+                max_grad_norm=1.0, max_steps=args.sft_steps, per_device_train_batch_size=args.batch_size,
+                gradient_accumulation_steps=1, max_length=512, logging_steps=args.sft_steps)
     figures: dict = {"device": runtime.device, "torch_threads": torch.get_num_threads(), "sft_steps": args.sft_steps,
-                     "batch_size": args.batch_size}
+                     "batch_size": args.batch_size, "repeats": args.repeats}
 
-    # (a) training ------------------------------------------------------------------------------
-    def plain_trl(steps: int, **overrides) -> tuple[float, float]:
-        """A plain TRL script: SFTTrainer on the same rows, seed, batch, steps and schedule."""
+    # (a) training -------------------------------------------------------------------------------
+    def plain_trl() -> tuple[float, float, int]:
+        """A plain TRL script: SFTTrainer on the same rows, seed, batch, schedule and steps; timed from building
+        the trainer to the saved model, as the framework's stage is."""
         set_seed(0)
         started = time.perf_counter()
-        tokenizer = base.load_tokenizer()
-        plain = SFTTrainer(
-            model=base.load_model(runtime), processing_class=tokenizer,
+        trainer = SFTTrainer(
+            model=base.load_model(runtime), processing_class=base.load_tokenizer(),
             train_dataset=Dataset.from_dict({"prompt": data.train["prompt"], "completion": data.train["completion"]}),
-            args=SFTConfig(output_dir=str(work / "plain"), max_steps=steps, learning_rate=5e-4,
-                           per_device_train_batch_size=args.batch_size, logging_steps=args.sft_steps,
-                           save_strategy="no", report_to="none", bf16=runtime.precision == "bf16",
-                           use_cpu=runtime.device == "cpu", lr_scheduler_type="cosine", warmup_steps=0.03,
-                           seed=0, data_seed=0, **overrides),
-        )
-        plain.train()
-        plain.save_model(str(work / "plain-model"))
-        return time.perf_counter() - started, _tokens_of(plain)
+            args=SFTConfig(output_dir=str(work / "plain"), learning_rate=keys["learning_rate"],
+                           lr_scheduler_type=keys["lr_scheduler_type"], warmup_steps=keys["warmup_ratio"],
+                           weight_decay=keys["weight_decay"], max_grad_norm=keys["max_grad_norm"],
+                           max_steps=keys["max_steps"], per_device_train_batch_size=keys["per_device_train_batch_size"],
+                           gradient_accumulation_steps=1, max_length=keys["max_length"],
+                           logging_steps=keys["logging_steps"], save_strategy="no", report_to="none",
+                           gradient_checkpointing=False, bf16=runtime.precision == "bf16",
+                           use_cpu=runtime.device == "cpu", seed=0, data_seed=0, completion_only_loss=True,
+                           dataloader_num_workers=0))
+        trainer.train()
+        trainer.save_model(str(work / "plain-model"))
+        return time.perf_counter() - started, _logged(trainer, "num_tokens"), trainer.state.global_step
 
-    # Untimed warm-up: the first trainer in a process pays one-off costs (lazy imports, allocator growth)
-    # that would otherwise land on whichever contender runs first.
-    plain_trl(10, gradient_checkpointing=False)
-
-    from framework.algorithms import sft as sft_module
-    from framework.algorithms import sft_stage
-    from framework.algorithms import soc as soc_module
-    from framework.algorithms.soc import SOCConfig
-
-    def framework_training(method, module, config_class, **config_overrides):
-        """`method.run`, timed, with the trainer that `module.make_sft_trainer` builds for it captured."""
+    def framework_training(method, module, config_class, **overrides) -> tuple[float, float, int]:
+        """`method.run` (a fresh stage: reuse is off), timed the same way; the trainer captured for its counts."""
         captured: dict = {}
         original = module.make_sft_trainer
 
@@ -102,108 +114,94 @@ def main() -> None:
 
         module.make_sft_trainer = capture
         try:
-            config = config_class(max_steps=args.sft_steps, per_device_train_batch_size=args.batch_size,
-                                  logging_steps=args.sft_steps, **config_overrides)
+            config = config_class(**{**keys, **overrides})
             context = AlgorithmContext(config=config, base=base, data=data, stages=stages, runtime=runtime,
                                        seed=0, report_to="none", output_dir=work)
             set_seed(0)
             started = time.perf_counter()
             method.run(context)
-            return time.perf_counter() - started, _tokens_of(captured["trainer"])
+            trainer = captured["trainer"]
+            return time.perf_counter() - started, _logged(trainer, "num_tokens"), trainer.state.global_step
         finally:
             module.make_sft_trainer = original
 
-    framework_seconds, framework_tokens = framework_training(sft_module, sft_stage, SFTAlgorithmConfig)
-    # The same without intermediate checkpoints: what resumability (save_steps=50) costs.
-    no_checkpoint_seconds, _ = framework_training(sft_module, sft_stage, SFTAlgorithmConfig, save_steps=10 * args.sft_steps)
+    plain_trl()  # untimed warm-up: the first trainer in a process pays one-off costs (lazy imports, allocator)
+    framework_runs, plain_runs, no_checkpoint_runs = [], [], []
+    for _ in range(args.repeats):
+        framework_runs.append(framework_training(sft_module, sft_stage, SFTAlgorithmConfig))
+        plain_runs.append(plain_trl())
+        # what resumability costs: the framework without intermediate checkpoints
+        no_checkpoint_runs.append(framework_training(sft_module, sft_stage, SFTAlgorithmConfig,
+                                                     save_steps=10 * args.sft_steps))
+    median = lambda runs: statistics.median(run[0] for run in runs)  # noqa: E731
+    ours, theirs, unsaved = median(framework_runs), median(plain_runs), median(no_checkpoint_runs)
+    work_done = {(run[1], run[2]) for run in framework_runs + plain_runs}
+    same = len(work_done) == 1
+    tokens, steps = next(iter(work_done))
+    line, ratio = _ratio_line("SFT, framework vs plain TRL", ours, theirs, same,
+                              f"{tokens:,.0f} tokens in {steps} steps each" if same else f"(tokens, steps): {work_done}")
+    figures["sft"] = {"framework_seconds": ours, "plain_trl_seconds": theirs, "framework_no_checkpoints_seconds": unsaved,
+                      "tokens": tokens, "steps": steps, "same_work": same, "ratio": ratio,
+                      "framework_tokens_per_s": tokens / ours, "plain_trl_tokens_per_s": tokens / theirs,
+                      "checkpoint_cost_share": 1 - unsaved / ours}
+    print(f"\nSFT training on {runtime.device}, {args.sft_steps} steps x batch {args.batch_size} "
+          f"(median of {args.repeats}):")
+    print(f"  framework            {tokens / ours:8,.0f} tokens/s ({ours:.1f} s); without intermediate checkpoints "
+          f"{tokens / unsaved:8,.0f} tokens/s ({unsaved:.1f} s)")
+    print(f"  plain TRL            {tokens / theirs:8,.0f} tokens/s ({theirs:.1f} s)")
+    print(line)
 
-    # "matched": TRL's gradient checkpointing off, as the framework runs the tiny model; "TRL defaults":
-    # what a script that only sets precision gets (checkpointing on: same maths, more compute).
-    matched_seconds, matched_tokens = plain_trl(args.sft_steps, gradient_checkpointing=False)
-    default_seconds, default_tokens = plain_trl(args.sft_steps)
-    figures["sft"] = {
-        "framework_tokens_per_s": framework_tokens / framework_seconds,
-        "plain_trl_tokens_per_s": matched_tokens / matched_seconds,
-        "plain_trl_defaults_tokens_per_s": default_tokens / default_seconds,
-        "framework_seconds": framework_seconds, "plain_trl_seconds": matched_seconds,
-        "plain_trl_defaults_seconds": default_seconds, "tokens": framework_tokens,
-        "framework_no_checkpoints_tokens_per_s": framework_tokens / no_checkpoint_seconds,
-        "same_tokens": framework_tokens == matched_tokens == default_tokens,
-    }
-    figures["sft"]["ratio"] = figures["sft"]["framework_tokens_per_s"] / figures["sft"]["plain_trl_tokens_per_s"]
-    figures["sft"]["ratio_vs_trl_defaults"] = (figures["sft"]["framework_tokens_per_s"]
-                                               / figures["sft"]["plain_trl_defaults_tokens_per_s"])
+    # (b) SOC vs SFT: the same rows, seed, steps; only the loss differs -------------------------------
+    soc_runs, sft_runs = [], []
+    for _ in range(args.repeats):
+        soc_runs.append(framework_training(soc_module, soc_module, SOCConfig))
+        sft_runs.append(framework_training(sft_module, sft_stage, SFTAlgorithmConfig))
+    soc_seconds, sft_seconds = median(soc_runs), median(sft_runs)
+    work_done = {(run[1], run[2]) for run in soc_runs + sft_runs}
+    line, ratio = _ratio_line("SOC vs SFT (SFT's time / SOC's)", soc_seconds, sft_seconds, len(work_done) == 1,
+                              f"(tokens, steps): {sorted(work_done)}")
+    figures["soc"] = {"soc_seconds": soc_seconds, "sft_seconds": sft_seconds, "same_work": len(work_done) == 1,
+                      "ratio": ratio}
+    print(line)
 
-    # (c) SOC vs SFT: same rows, seed, steps; only the loss differs --------------------------------
-    soc_seconds, soc_tokens = framework_training(soc_module, soc_module, SOCConfig)
-    sft_seconds, sft_tokens = framework_training(sft_module, sft_stage, SFTAlgorithmConfig)
-    figures["soc"] = {"soc_tokens_per_s": soc_tokens / soc_seconds, "sft_tokens_per_s": sft_tokens / sft_seconds,
-                      "soc_seconds": soc_seconds, "sft_seconds": sft_seconds, "same_tokens": soc_tokens == sft_tokens}
-    figures["soc"]["ratio"] = figures["soc"]["soc_tokens_per_s"] / figures["soc"]["sft_tokens_per_s"]
-
-    # (b) generation ----------------------------------------------------------------------------
+    # (c) generation -----------------------------------------------------------------------------
     model, tokenizer = base.load_model(runtime).eval(), base.load_tokenizer()
     prompts = list(data.test["prompt"])
     decoder = registry.decoders.get("greedy")(GreedyConfig(max_new_tokens=args.max_new_tokens))
     engine = TransformersEngine(model, tokenizer)
-    decoder.decode(engine, prompts[:8], progress=False)  # warm-up, both paths share it
 
-    def framework_decode():
-        return decoder.decode(engine, prompts, progress=False).outputs
+    def framework_decode() -> list[list[int]]:
+        return [result.candidates[0].token_ids for result in decoder.decode(engine, prompts, progress=False).outputs]
 
-    def plain_generate():
+    def plain_generate() -> list[list[int]]:
         with torch.no_grad():
             encoded = tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
-            encoded = encoded.to(model.device)
-            output = model.generate(**encoded, max_new_tokens=args.max_new_tokens, do_sample=False,
+            output = model.generate(**encoded.to(model.device), max_new_tokens=args.max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        return encoded, output
+        new, eos = output[:, encoded["input_ids"].shape[1]:].tolist(), tokenizer.eos_token_id
+        return [row[: row.index(eos) + 1] if eos in row else row for row in new]
 
-    # Alternate the two and keep each one's median: single timings of ~1 s vary by +-30% on 2 cores.
-    framework_times, plain_times = [], []
+    framework_decode(), plain_generate()  # warm-up, both sides
+    ours_times, plain_times = [], []
     for _ in range(args.repeats):
         started = time.perf_counter()
-        decoded = framework_decode()
-        framework_times.append(time.perf_counter() - started)
+        ours_ids = framework_decode()
+        ours_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        encoded, output = plain_generate()
+        plain_ids = plain_generate()
         plain_times.append(time.perf_counter() - started)
-    framework_seconds, plain_seconds = sorted(framework_times)[len(framework_times) // 2], sorted(plain_times)[len(plain_times) // 2]
-    framework_generated = sum(result.candidates[0].num_tokens for result in decoded)
-    new = output[:, encoded["input_ids"].shape[1]:]
-    ended = (new == tokenizer.eos_token_id).int().cumsum(1)
-    plain_generated = int(((ended - (new == tokenizer.eos_token_id).int()) == 0).sum())
-    figures["generation"] = {
-        "framework_tokens_per_s": framework_generated / framework_seconds,
-        "plain_generate_tokens_per_s": plain_generated / plain_seconds,
-        "framework_seconds": framework_seconds, "plain_generate_seconds": plain_seconds,
-        "framework_tokens": framework_generated, "plain_tokens": plain_generated, "prompts": len(prompts),
-        "framework_prompts_per_batch": decoder.config.prompts_per_batch,
-    }
-    figures["generation"]["ratio"] = (figures["generation"]["framework_tokens_per_s"]
-                                      / figures["generation"]["plain_generate_tokens_per_s"])
-
-    sft, generation = figures["sft"], figures["generation"]
-    print(f"\nSFT training, {args.sft_steps} steps x batch {args.batch_size} on {runtime.device}:")
-    print(f"  framework            {sft['framework_tokens_per_s']:8.0f} tokens/s  ({sft['framework_seconds']:.1f} s)")
-    print(f"  framework, no ckpts  {sft['framework_no_checkpoints_tokens_per_s']:8.0f} tokens/s  "
-          f"(checkpoints every 50 steps cost {100 * (1 - sft['framework_tokens_per_s'] / sft['framework_no_checkpoints_tokens_per_s']):.1f}%)")
-    print(f"  plain TRL, matched   {sft['plain_trl_tokens_per_s']:8.0f} tokens/s  ({sft['plain_trl_seconds']:.1f} s)")
-    print(f"  plain TRL, defaults  {sft['plain_trl_defaults_tokens_per_s']:8.0f} tokens/s  "
-          f"({sft['plain_trl_defaults_seconds']:.1f} s)")
-    print(f"  ratio {sft['ratio']:.3f} vs matched, {sft['ratio_vs_trl_defaults']:.3f} vs defaults "
-          f"(same tokens in all three: {sft['same_tokens']})")
+    ours, theirs = statistics.median(ours_times), statistics.median(plain_times)
+    generated = sum(len(ids) for ids in ours_ids)
+    same = ours_ids == plain_ids
+    differing = sum(a != b for a, b in zip(ours_ids, plain_ids))
+    line, ratio = _ratio_line(f"greedy on {len(prompts)} prompts, framework vs one generate call", ours, theirs, same,
+                              f"the same {generated:,} tokens" if same else f"{differing} outputs differ")
+    figures["generation"] = {"framework_seconds": ours, "plain_generate_seconds": theirs, "prompts": len(prompts),
+                             "tokens": generated, "same_tokens": same, "differing_outputs": differing,
+                             "ratio": ratio, "framework_tokens_per_s": generated / ours}
     print(f"Greedy generation, {len(prompts)} prompts, up to {args.max_new_tokens} new tokens "
           f"(median of {args.repeats}):")
-    print(f"  framework  {generation['framework_tokens_per_s']:8.0f} tokens/s  ({generation['framework_seconds']:.2f} s)")
-    print(f"  one generate call {generation['plain_generate_tokens_per_s']:8.0f} tokens/s  "
-          f"({generation['plain_generate_seconds']:.2f} s)")
-    print(f"  ratio      {generation['ratio']:.3f}")
-    soc = figures["soc"]
-    print(f"SOC vs SFT training through the framework, {args.sft_steps} steps:")
-    print(f"  SOC        {soc['soc_tokens_per_s']:8.0f} tokens/s  ({soc['soc_seconds']:.1f} s)")
-    print(f"  SFT        {soc['sft_tokens_per_s']:8.0f} tokens/s  ({soc['sft_seconds']:.1f} s)")
-    print(f"  ratio      {soc['ratio']:.3f}   (same tokens: {soc['same_tokens']})")
+    print(line)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -164,6 +164,38 @@ class StartingPointConfig(Validated):
                 f"must be one of {list(STARTING_POINTS)}", self.starting_point)
 
 
+PROMPT_POOLS = ("test", "heldout", "train")
+
+
+@dataclass
+class PromptPoolConfig(Validated):
+    """Which prompts a label-free method sharpens (it never sees their labels):
+
+    test     the evaluation prompts: the sharpening paper's protocol (it sharpens the very prompts it reports on)
+    heldout  a pool disjoint from SFT's training data and from the test prompts (`dataset.heldout_size`): what a
+             comparison across methods uses, so that no method trains on the prompts it is scored on
+    train    SFT's own training prompts
+    """
+
+    prompt_pool: str = "test"
+
+    def checks(self, prefix: str) -> None:
+        super().checks(prefix)
+        require(self.prompt_pool in PROMPT_POOLS, f"{prefix}.prompt_pool", f"must be one of {list(PROMPT_POOLS)}",
+                self.prompt_pool)
+
+    def pool_prompts(self, data, limit: int | None) -> list[str]:
+        """The first `limit` prompts (None: all) of the chosen pool of `data` (a TaskData)."""
+        from framework.errors import ConfigError
+
+        split = {"test": data.test, "heldout": data.heldout, "train": data.train}[self.prompt_pool]
+        if split is None:
+            raise ConfigError("algorithm.prompt_pool=heldout: this dataset has no held-out pool (the embedded task "
+                              "makes one with dataset.heldout_size=<N>); use prompt_pool=test or train")
+        prompts = list(split["prompt"])
+        return prompts if limit is None else prompts[:limit]
+
+
 # ---------------------------------------------------------------------------- group bases
 @dataclass
 class AlgorithmConfig(Validated):

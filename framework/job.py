@@ -142,6 +142,16 @@ def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
         return json.loads((stage.output / "premises.json").read_text())
 
 
+def _training_budgets(stages, entries: list[dict]) -> list[dict]:
+    """The budget record (steps, examples, epochs, losses) of every training stage among `entries`, in order."""
+    budgets = []
+    for entry in entries:
+        budget = stages.record(entry).get("budget")
+        if budget is not None:  # a training stage (stages cached before budgets were recorded have none)
+            budgets.append({"kind": entry["kind"], **budget})
+    return budgets
+
+
 def _evaluate_control(settings, control, start, data, decoder, stages, runtime, output_dir: Path,
                       job: JobResult) -> ControlSummary:
     """Evaluate a method's control with the job's decoder; its own record and generations go into
@@ -159,7 +169,8 @@ def _evaluate_control(settings, control, start, data, decoder, stages, runtime, 
     upstream = [*ledger[:upstream_end], ledger[keys.index(control.fingerprint["key"])]]
     # the control's own record: the job's, with the control's model, evaluation and compute
     replace(job, control_of=settings.algorithm.name, metrics=metrics, policy=control.fingerprint,
-            evaluation_reused=reused, compute=stages.compute_spent(upstream)).write(directory / "results.json")
+            evaluation_reused=reused, compute=stages.compute_spent(upstream),
+            training=_training_budgets(stages, upstream) or None).write(directory / "results.json")
     return ControlSummary(policy=control.fingerprint, metrics=metrics, dir=str(directory))
 
 
@@ -223,12 +234,14 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
             return results
         main_evaluates = True
         # from the stages' records, so a job that reused its model shows the same curves as one that trained it
-        tracking.log_training_curves(tracker, stages, model_stages, control_stages)
+        tracking.log_training_curves(tracker, stages, model_stages)
+        tracking.log_training_curves(tracker, stages, control_stages, name="control")
 
         metrics, records, evaluation_reused = _evaluate(settings, policy, data, decoder, stages, runtime)
         premises = _measure_premises(settings, method_context, stages, runtime, policy)
         # the model's compute: not its control's training, which the control's own record counts
         compute = stages.compute_spent([entry for entry in stages.compute_ledger() if entry not in control_stages])
+        training = _training_budgets(stages, model_stages)
         write_jsonl(output_dir / "generations.jsonl", records)
         result = JobResult(
             algorithm=settings.algorithm.name, decoder=settings.decoder.name, decoder_label=settings.decoder.label(),
@@ -236,7 +249,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
             algorithm_config=resolved["algorithm"], decoder_config=vars(settings.decoder),
             train_seconds=train_seconds, wall_seconds=time.time() - started, compute=compute,
             evaluation_reused=evaluation_reused, policy=policy.fingerprint, overrides=overrides or [],
-            versions=_versions(), hardware=_hardware(runtime), wandb_run=tracker.run_path)
+            versions=_versions(), hardware=_hardware(runtime), wandb_run=tracker.run_path, training=training or None)
         if premises:
             result.premises = premises
             tracker.summary({f"premises/{key}": value for key, value in premises.items()})

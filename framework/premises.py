@@ -11,7 +11,10 @@ What each method records (the key in `ctx.artifacts`):
 - `sampled_set`: (list of SampledPrompt, the model that sampled them): BoN-SFT and DPO (sharpening.py);
 - `targets`: the (prompt, completion) rows SFT trains on: BoN-SFT;
 - `pairs`: the (prompt, chosen, rejected) rows DPO trains on: DPO, outcome DPO;
-- `exploration`: the ExplorationRecords of first-pit exploration: Self-Explore.
+- `exploration`: the ExplorationRecords of first-pit exploration: Self-Explore;
+- `rationales`: (the rationale set, the kept-set keys): RFT, outcome DPO, Self-Explore. RFT assumes several
+  distinct correct rationales per question (its data is up to M of them); on a task with one way to write each
+  solution, deduplication leaves one, the demonstration itself.
 """
 from __future__ import annotations
 
@@ -21,8 +24,14 @@ from typing import Callable
 from framework.self_reward import SELECTOR_NAMES, select
 
 
-def _gold_by_prompt(train) -> dict[str, str]:
-    return dict(zip(train["prompt"], train["gold_answer"]))
+def _gold_by_prompt(labelled) -> dict[str, str]:
+    """Every labelled prompt's gold answer: the training split, the test split and the held-out pool (the label-free
+    methods may sample any of them, `algorithm.prompt_pool`)."""
+    gold = {}
+    for split in (labelled.heldout, labelled.test, labelled.train):
+        if split is not None and "gold_answer" in split.column_names:
+            gold.update(zip(split["prompt"], split["gold_answer"]))
+    return gold
 
 
 def sampled_set_premises(sampled, gold: dict[str, str], checker, greedy_correct: dict[str, bool] | None) -> dict:
@@ -77,13 +86,19 @@ def first_wrong_step(steps: list[str], demonstration_steps: list[str]) -> int | 
     return None
 
 
-def pit_premises(records, demonstrations: dict[str, str], split: Callable[[str], list[str]]) -> dict:
-    """Where exploration's first pits fall against each rationale's first wrong step."""
+def pit_premises(records, demonstrations: dict[str, str], split: Callable[[str], list[str]],
+                 exact: Callable[[str, list[str]], int | None] | None = None) -> dict:
+    """Where exploration's first pits fall against each rationale's first wrong step: the task's exact check
+    (`exact(prompt, steps)`, TaskData.first_wrong_step) where it has one, else the step that first differs from the
+    demonstration (exact only where a problem has one solution written one way)."""
     where = Counter()
     for record in records:
         if record.pit is None or record.prompt not in demonstrations:
             continue
-        wrong = first_wrong_step(record.steps, split(demonstrations[record.prompt]))
+        if exact is not None:
+            wrong = exact(record.prompt, [step.strip() for step in record.steps])
+        else:
+            wrong = first_wrong_step(record.steps, split(demonstrations[record.prompt]))
         where["no_wrong_step" if wrong is None else "at" if record.pit == wrong else
               "before" if record.pit < wrong else "after"] += 1
     total = sum(where.values())
@@ -94,10 +109,26 @@ def pit_premises(records, demonstrations: dict[str, str], split: Callable[[str],
             "pit_without_a_wrong_step_share": where["no_wrong_step"] / total}
 
 
+def rationale_premises(questions, kept_keys: dict) -> dict:
+    """RFT's premise on the rationale set: distinct correct rationales per question, by the kept set's own
+    deduplication (equation signatures for numeric answers, edit distance otherwise) but without its cap M, and
+    how many of them the cap keeps; and the share of questions with at least one correct rationale."""
+    from framework.algorithms.rationales import kept_set
+
+    if not questions:
+        return {}
+    uncapped, _ = kept_set(questions, {**kept_keys, "max_correct_per_question": 10 ** 9})
+    capped = [min(len(kept.correct), kept_keys["max_correct_per_question"]) for kept in uncapped]
+    return {"rationale_questions": len(questions),
+            "distinct_correct_per_question": sum(len(kept.correct) for kept in uncapped) / len(questions),
+            "kept_correct_per_question": sum(capped) / len(questions),
+            "questions_with_a_correct_share": sum(bool(kept.correct) for kept in uncapped) / len(questions)}
+
+
 def measure(artifacts: dict, labelled, checker, greedy: Callable | None = None) -> dict:
     """Every premise the job's artifacts allow; `labelled`: the task data with gold answers; `greedy(model,
     prompts) -> texts`: the sampling model's greedy outputs (None: that comparison is left out)."""
-    gold = _gold_by_prompt(labelled.train)
+    gold = _gold_by_prompt(labelled)
     values = {}
     if "sampled_set" in artifacts:
         sampled, model = artifacts["sampled_set"]
@@ -113,5 +144,8 @@ def measure(artifacts: dict, labelled, checker, greedy: Callable | None = None) 
         values.update(pairs_premises(artifacts["pairs"], gold, checker))
     if "exploration" in artifacts:
         records, split = artifacts["exploration"]
-        values.update(pit_premises(records, dict(zip(labelled.train["prompt"], labelled.train["completion"])), split))
+        values.update(pit_premises(records, dict(zip(labelled.train["prompt"], labelled.train["completion"])), split,
+                                   labelled.first_wrong_step))
+    if "rationales" in artifacts:
+        values.update(rationale_premises(*artifacts["rationales"]))
     return values

@@ -53,9 +53,12 @@ class JobResult:
     premises: dict[str, float] | None = None  # framework/premises.py's measures, when the method recorded any
     control: ControlSummary | None = None  # when the job also trained and evaluated the method's control
     control_of: str | None = None  # set on a control's own record: the method it controls
+    # what each training stage the model rests on got (framework/algorithms/training.py `training_budget`), in the
+    # order they ran, each with its stage `kind`: the report's budget columns and undertrained flag
+    training: list[dict[str, Any]] | None = None
 
     # Written only when set, as the launcher always has: every other key is written, null when None.
-    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("premises", "control", "control_of")
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("premises", "control", "control_of", "training")
 
     def to_dict(self) -> dict[str, Any]:
         record = {item.name: getattr(self, item.name) for item in fields(self)}

@@ -145,8 +145,9 @@ def select_rows(cache, rows: torch.Tensor) -> None:
 def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """softmax(q k^T * scaling) v of one decoding step, over each row's prompt (shared) and its own tokens.
     query [rows, heads, 1, size]; key, value: the rows' own tokens, time-major [generated, rows, kv heads, size].
-    Returns [rows, 1, heads, size], as transformers' attention functions do. Products are broadcast multiplies and
-    sums rather than batched matmuls: thousands of one-row matmuls cost ten times more on a CPU."""
+    Returns [rows, 1, heads, size], as transformers' attention functions do. The prompt part is one matmul per
+    prompt and KV head; the own part is broadcast multiplies and sums, since thousands of one-row matmuls (one per
+    row and head) cost ten times more on a CPU."""
     cache = _active_cache.get()
     layer = cache.layers[module.layer_idx]
     rows, heads, _, size = query.shape
@@ -155,12 +156,14 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     scaling = size ** -0.5 if scaling is None else scaling
     prompts, slots, width = cache.prompt_mask.shape[0], cache.slots, cache.prompt_mask.shape[1]
     q = query.reshape(rows, kv_heads, group, size)
-    # the prompt part: every prompt's rows padded to `slots`, against the prompt's keys once
-    padded = q.new_zeros(prompts, slots, kv_heads, group, size)
-    padded[cache.row_prompt, cache.row_slot] = q
-    prefix_scores = torch.einsum("pskgd,pkld->pskgl", padded, layer.prefix_keys) * scaling
-    prefix_scores = prefix_scores.masked_fill(~cache.prompt_mask[:, None, None, None, :], float("-inf"))
-    prefix_scores = prefix_scores[cache.row_prompt, cache.row_slot]  # [rows, kv heads, group, width]
+    # the prompt part: every prompt's rows padded to `slots`, against the prompt's keys once (one matmul per
+    # prompt and KV head, its rows and grouped heads stacked)
+    padded = q.new_zeros(prompts, kv_heads, slots, group, size)
+    padded[cache.row_prompt, :, cache.row_slot] = q
+    prefix_scores = torch.matmul(padded.view(prompts, kv_heads, slots * group, size),
+                                 layer.prefix_keys.transpose(-1, -2)) * scaling
+    prefix_scores = prefix_scores.masked_fill(~cache.prompt_mask[:, None, None, :], float("-inf"))
+    prefix_scores = prefix_scores.view(prompts, kv_heads, slots, group, width)[cache.row_prompt, :, cache.row_slot]
     # each row's own generated tokens: [generated, rows, kv heads, group]
     own_scores = (q.unsqueeze(0) * key.unsqueeze(3)).sum(dim=-1) * scaling
     # one softmax over both parts
@@ -168,10 +171,10 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     prefix_weights = torch.exp(prefix_scores - top.unsqueeze(-1))
     own_weights = torch.exp(own_scores - top.unsqueeze(0))
     total = prefix_weights.sum(dim=-1) + own_weights.sum(dim=0)
-    padded_weights = prefix_weights.new_zeros(prompts, slots, kv_heads, group, width)
-    padded_weights[cache.row_prompt, cache.row_slot] = prefix_weights
-    prefix_out = torch.einsum("pskgl,pkld->pskgd", padded_weights, layer.prefix_values)
-    prefix_out = prefix_out[cache.row_prompt, cache.row_slot]  # [rows, kv heads, group, size]
+    padded_weights = prefix_weights.new_zeros(prompts, kv_heads, slots, group, width)
+    padded_weights[cache.row_prompt, :, cache.row_slot] = prefix_weights
+    prefix_out = torch.matmul(padded_weights.view(prompts, kv_heads, slots * group, width), layer.prefix_values)
+    prefix_out = prefix_out.view(prompts, kv_heads, slots, group, size)[cache.row_prompt, :, cache.row_slot]
     own_out = (own_weights.unsqueeze(-1) * value.unsqueeze(3)).sum(dim=0)
     out = (prefix_out + own_out) / total.unsqueeze(-1)
     return out.reshape(rows, heads, 1, size).transpose(1, 2), None

@@ -20,11 +20,12 @@ from framework.data import arith
 log = logging.getLogger(__name__)
 
 # Bump when the tokenizer or architecture code changes what a config builds: cached bases go stale.
-TINY_VERSION = 2  # 2: the version-2 task (distractors, smaller numbers) in the pretraining corpus
-# The pretraining corpus: problems like the default task's (conf/dataset/arith.yaml: same ranges, distractors
-# included), from a separate seed, whole texts (question and solution).
+TINY_VERSION = 3  # 2: the version-2 task (distractors, smaller numbers); 3: solutions in any valid order
+# The pretraining corpus: problems like the default task's (conf/dataset/arith.yaml: same ranges, distractors,
+# solution orders and commuted additions), from a separate seed, whole texts (question and solution).
 PRETRAIN_SPEC = arith.ArithSpec(min_steps=2, max_steps=4, start_max=20, operand_max=10, value_max=50,
-                                multiplier_max=3, operations=("add", "sub"), distractors_max=1)
+                                multiplier_max=3, operations=("add", "sub"), distractors_max=1,
+                                solution_order="any", commute_additions=0.5)
 
 SPACE = "\u2581"  # the Metaspace marker: a token that follows a space starts with it
 SPECIAL_TOKENS = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}

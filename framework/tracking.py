@@ -123,15 +123,15 @@ def start(config: LoggerConfig, resolved_config: dict, output_dir: Path, run_nam
     return NullTracker()
 
 
-def log_training_curves(tracker: NullTracker, stages, *ledgers: list[dict]) -> None:
-    """Log the curves of every training stage in the ledgers (StageStore.compute_ledger entries: the stages a
-    model rests on, computed in this job or reused) from their records, named by stage kind; a kind met
-    twice gets a number (`sft_2`)."""
+def log_training_curves(tracker: NullTracker, stages, ledger: list[dict], name: str | None = None) -> None:
+    """Log the curves of every training stage in the ledger (StageStore.compute_ledger entries: the stages a
+    model rests on, computed in this job or reused) from their records, named by stage kind (or all by `name`,
+    e.g. `control`); a name met twice gets a number (`sft_2`)."""
     seen: dict[str, int] = {}
-    for entry in (entry for ledger in ledgers for entry in ledger):
+    for entry in ledger:
         history = stages.record(entry).get("log_history")
         if not history:
             continue
-        seen[entry["kind"]] = seen.get(entry["kind"], 0) + 1
-        tracker.log_training(entry["kind"] if seen[entry["kind"]] == 1 else f"{entry['kind']}_{seen[entry['kind']]}",
-                             history)
+        label = name or entry["kind"]
+        seen[label] = seen.get(label, 0) + 1
+        tracker.log_training(label if seen[label] == 1 else f"{label}_{seen[label]}", history)

@@ -47,9 +47,10 @@ def test_a_job_that_reuses_its_model_logs_the_same_curves_and_config_as_the_one_
         text = json.dumps(wandb_run.config)
         assert SECRET not in text and "hub_token" not in text
     # the model's compute leaves out its control's training (which the control's own record counts)
-    stages = {entry["kind"]: entry for entry in trained["compute"]["stages"]}
-    assert "control" not in stages
-    assert trained["compute"]["train_tokens"] == stages["sft"]["train_tokens"] + stages["bon_sft"]["train_tokens"]
+    stages = [entry["kind"] for entry in trained["compute"]["stages"]]
+    assert stages.count("sft") == 1 and stages.count("bon_sft") == 1  # the control (an sft stage) is not there
+    by_kind = {entry["kind"]: entry for entry in trained["compute"]["stages"]}
+    assert trained["compute"]["train_tokens"] == by_kind["sft"]["train_tokens"] + by_kind["bon_sft"]["train_tokens"]
     assert trained["compute"]["train_tokens"] == reused["compute"]["train_tokens"]
 
 
@@ -82,8 +83,9 @@ def test_curves_come_from_every_training_stage_in_ledger_order_and_a_repeated_ki
     stages = _Stages({"a": {"log_history": history}, "b": {}, "c": {"log_history": history},
                       "d": {"log_history": history}})
     recorder = _Recorder()
-    tracking.log_training_curves(recorder, stages, [{"kind": "sft", "key": "a"}, {"kind": "samples", "key": "b"}],
-                                 [{"kind": "sft", "key": "c"}, {"kind": "control", "key": "d"}])
+    tracking.log_training_curves(recorder, stages, [{"kind": "sft", "key": "a"}, {"kind": "samples", "key": "b"},
+                                                    {"kind": "sft", "key": "c"}])
+    tracking.log_training_curves(recorder, stages, [{"kind": "sft", "key": "d"}], name="control")
     assert [kind for kind, _ in recorder.logged] == ["sft", "sft_2", "control"]  # no curve for `samples`
 
 

@@ -192,6 +192,8 @@ def sample_rationales(ctx: AlgorithmContext, config: RationaleSamplingConfig,
     records, key, _ = generated_records(ctx, "rationales", spec, RATIONALES_FILE, ctx.base, generate, code=__name__)
     questions = [SampledQuestion.from_record(record) for record in records]
     ctx.log({f"rationales/{name}": value for name, value in rationale_set_summary(questions).items()})
+    # scored by the launcher after training (premises.py): how many distinct correct rationales RFT could keep
+    ctx.artifacts["rationales"] = (questions, config.kept_keys(ctx.data.checker))
     return questions, key
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 
 from framework.algorithms import AlgorithmContext
 from framework.algorithms.pipeline import generated_records
-from framework.config import TrainingSamplingConfig, require
+from framework.config import PromptPoolConfig, TrainingSamplingConfig, require
 from framework.decoding import sample_request
 from framework.generation import Candidate
 from framework.self_reward import SELECTOR_NAMES, select, self_rewards
@@ -30,12 +30,12 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclass
-class SelfRewardSamplingConfig(TrainingSamplingConfig):
-    """How the N responses per training prompt are drawn and scored (keys shared by bon_sft and dpo)."""
+class SelfRewardSamplingConfig(PromptPoolConfig, TrainingSamplingConfig):
+    """How the N responses per prompt of the pool are drawn and scored (keys shared by bon_sft and dpo)."""
 
     samples_per_prompt: int = 50  # N; the sharpening paper's
     temperature: float = 1.0  # the paper samples at 1.0; r_self stays at temperature 1 whatever this is
-    train_prompts: int | None = 256  # the paper sharpens on 256 prompts per task
+    train_prompts: int | None = 256  # the paper sharpens the 256 prompts it evaluates, per task
     selector: str = "logprob"  # self-reward: logprob | length_norm | majority (votes of the extracted answer)
 
     def checks(self, prefix: str) -> None:
@@ -102,10 +102,8 @@ class SampledPrompt:
 
 
 def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig) -> list[SampledPrompt]:
-    """N self-scored samples per training prompt from `ctx.base`, computed once per (model, data, keys)."""
-    prompts = list(ctx.data.train["prompt"])
-    if config.train_prompts is not None:
-        prompts = prompts[: config.train_prompts]
+    """N self-scored samples per prompt of the pool from `ctx.base`, computed once per (model, data, keys)."""
+    prompts = config.pool_prompts(ctx.data, config.train_prompts)
 
     def generate(engine):
         log.info("sampling %d responses for each of %d training prompts", config.samples_per_prompt, len(prompts))

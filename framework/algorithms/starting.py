@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from typing import Callable
 
 from framework.algorithms import AlgorithmContext
-from framework.config import TrainingConfig
+from framework.config import TrainingConfig, trl_config_fields
 from framework.errors import ConfigError
 from framework.models import ModelHandle
 
@@ -40,28 +40,25 @@ def train_control(ctx: AlgorithmContext) -> tuple[ModelHandle, ModelHandle] | No
     """The control of the method that just ran in `ctx` (evaluation.control_decoders): SFT on the gold
     demonstrations from the model the method's last training stage started from, for as many optimizer steps,
     with its batch (sequences here, where XPO counts prompts), learning rate, schedule, warmup, weight decay
-    and clipping (stage `control`). It separates what the method's data does from what more optimizer steps
-    on the same model do. Returns (control model, the model it started from); None when the method trained
-    nothing of its own, or trained from the model as built (SOC, RFT): SFT itself is then the control."""
-    from framework.algorithms.sft_stage import SFTAlgorithmConfig, make_sft_trainer
-    from framework.algorithms.training import train_in_stage
+    and clipping. It separates what the method's data does from what more optimizer steps on the same model do.
+    It is an `sft` stage keyed like `algorithm=sft`'s: a method that trains from the model as built with SFT's
+    own keys and steps (SOC) has the SFT model itself as its control, reused, not trained twice; RFT, which
+    trains from the model as built with its own steps, gets SFT from the base for as many steps.
+    Returns (control model, the model it started from); None when the method trained nothing of its own."""
+    from framework.algorithms.sft_stage import SFTAlgorithmConfig, sft_model
 
     own = [stage for stage in ctx.trained if stage["kind"] == ctx.config.name]
     if not own:  # algorithm=none, sft, or on_empty=skip_training
         return None
     start, steps, training = own[-1]["start"], own[-1]["steps"], own[-1]["training"]
-    if start.fingerprint == ctx.built.fingerprint:
-        return None
     data = ctx.control_data or ctx.data
     if "completion" not in data.train.column_names:
         raise ConfigError("evaluation.control_decoders: a control trains on the gold demonstrations, and the "
                           "training split has none")
     keys = {item.name: getattr(training, item.name) for item in fields(TrainingConfig)}
-    config = SFTAlgorithmConfig(**{**keys, "max_steps": max(int(steps), 1), "trainer": {}})
+    # of the method's other trainer fields, those SFT has too (its optimizer: RMSprop for the Self-Explore DPO)
+    sft_fields = trl_config_fields(SFTAlgorithmConfig.TRL_CONFIG)
+    keys["trainer"] = {key: value for key, value in keys["trainer"].items() if key in sft_fields}
+    config = SFTAlgorithmConfig(**{**keys, "max_steps": max(int(steps), 1)})
     log.info("control of %s: SFT on the demonstrations for %d steps from %s", ctx.config.name, steps, start.path)
-    control_ctx = replace(ctx, config=config, data=data, trained=[])
-    spec = control_ctx.stage_spec(start=start, data=data, training=config)
-    trained = train_in_stage(control_ctx, "control", spec,
-                             lambda checkpoint_dir: make_sft_trainer(control_ctx, config, checkpoint_dir, start=start),
-                             code=__name__, start=start)
-    return trained, start
+    return sft_model(replace(ctx, config=config, base=start, data=data, trained=[])), start

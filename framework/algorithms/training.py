@@ -46,6 +46,7 @@ def trainer_arguments(config: TrainingConfig, ctx: AlgorithmContext, checkpoint_
         CHECKPOINTING_KEY: ctx.model_config.gradient_checkpointing,  # TRL's default is on; ours is off
         "max_length": config.max_length,
         "logging_steps": config.logging_steps,
+        "logging_first_step": True,  # the first step's loss: where the report's "first loss" starts
         "save_strategy": "steps",
         "save_steps": config.save_steps,
         "save_total_limit": config.save_total_limit,
@@ -128,6 +129,7 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
             # reusing this model can show its training curve and the report its first and last loss
             stage.commit({**(metadata or {}), "global_step": result.global_step, "train_metrics": result.metrics,
                           "log_history": trainer.state.log_history,
+                          "budget": training_budget(trainer, result.global_step, training or ctx.config),
                           "compute": {"train_tokens": tokens, "train_seconds": result.metrics.get("train_runtime")}})
     adapter_only = lora is not None and ctx.model_config.lora.checkpoint == "adapter"
     trained = ModelHandle(str(stage.output), {"stage": kind, "key": stage.key}, ctx.model_config.load_options(),
@@ -136,6 +138,30 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
     ctx.trained.append({"kind": kind, "start": start, "steps": stage.metadata()["global_step"],
                         "training": training or ctx.config})
     return trained
+
+
+def training_budget(trainer, steps: int, keys: TrainingConfig) -> dict:
+    """What a training stage got, for the report's budget columns and its undertrained flag: optimizer steps,
+    sequences (or pairs, or prompts) per step and in all, epochs, warmup steps, learning rate, the first and last
+    logged training loss, and the loss's kind (`preference`: a DPO-style sigmoid loss, which starts at ln 2)."""
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    batch = keys.per_device_train_batch_size * keys.gradient_accumulation_steps * trainer.args.world_size
+    return {"steps": steps, "global_batch": batch, "examples": steps * batch, "epochs": trainer.state.epoch,
+            "warmup_steps": trainer.args.get_warmup_steps(trainer.state.max_steps),
+            "learning_rate": keys.learning_rate, "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "loss_kind": "dpo_sigmoid" if _starts_at_ln2(trainer) else type(trainer).__name__}
+
+
+def _starts_at_ln2(trainer) -> bool:
+    """A DPO-style sigmoid loss, which is ln 2 while the policy equals its reference (and stays there if nothing
+    moved): DPOTrainer's own sigmoid loss, and XPO's (its alpha term is ~1e-4 beside it)."""
+    from trl import DPOTrainer
+
+    if type(trainer).__name__ == "XPOTrainer":
+        return True
+    return (isinstance(trainer, DPOTrainer) and type(trainer).compute_loss is DPOTrainer.compute_loss
+            and list(trainer.args.loss_type) == ["sigmoid"])
 
 
 def save_trained_model(trainer, output: Path, lora_checkpoint: str) -> None:

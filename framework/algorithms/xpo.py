@@ -47,7 +47,7 @@ with warnings.catch_warnings():  # importing trl.experimental warns once per pro
 from framework import registry
 from framework.algorithms import AlgorithmContext
 from framework.algorithms.training import peft_config, train_in_stage, trainer_arguments
-from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
+from framework.config import AlgorithmConfig, PromptPoolConfig, StartingPointConfig, TrainingConfig, require
 from framework.models import ModelHandle
 from framework.self_reward import SCORE_SELECTORS
 
@@ -55,7 +55,7 @@ SELF_REWARDS = tuple(SCORE_SELECTORS)  # the score self-rewards of best-of-N (ma
 
 
 @dataclass
-class XPOConfig(TrainingConfig, StartingPointConfig, AlgorithmConfig):
+class XPOConfig(TrainingConfig, PromptPoolConfig, StartingPointConfig, AlgorithmConfig):
     """TRL's former XPOTrainer defaults (beta 0.1, alpha 1e-5, T 0.9, lr 5e-7); generation length the dataset's."""
 
     TRL_CONFIG: ClassVar[str] = "trl.experimental.online_dpo:OnlineDPOConfig"
@@ -73,6 +73,7 @@ class XPOConfig(TrainingConfig, StartingPointConfig, AlgorithmConfig):
     per_device_train_batch_size: int = 8  # prompts per step; each brings two samples
     gradient_accumulation_steps: int = 1
     max_length: int = 2048  # prompt + completion: room for the dataset's generation length
+    train_prompts: int | None = None  # the first N prompts of the pool (null: all); one epoch is one pass over them
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
@@ -85,6 +86,8 @@ class XPOConfig(TrainingConfig, StartingPointConfig, AlgorithmConfig):
                 self.temperature)
         require(0 < self.top_p <= 1, f"{prefix}.top_p", "must be in (0, 1]", self.top_p)
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
+        require(self.train_prompts is None or self.train_prompts >= 1, f"{prefix}.train_prompts", "must be >= 1 or null",
+                self.train_prompts)
         require(self.max_new_tokens < self.max_length, f"{prefix}.max_new_tokens",
                 f"must be < max_length ({self.max_length}), else the prompt is truncated away", self.max_new_tokens)
         require(self.self_reward in SELF_REWARDS, f"{prefix}.self_reward", f"must be one of {list(SELF_REWARDS)}",
@@ -313,7 +316,7 @@ def make_xpo_trainer(ctx: AlgorithmContext, config: XPOConfig, checkpoint_dir: s
         max_new_tokens=config.max_new_tokens,
         loss_type="sigmoid",
     )
-    train = Dataset.from_dict({"prompt": list(ctx.data.train["prompt"])})  # prompts only, whatever else is there
+    train = Dataset.from_dict({"prompt": config.pool_prompts(ctx.data, config.train_prompts)})  # prompts only
     return XPOTrainer(model=model, reward_funcs=SelfReward(config.self_reward), args=args, train_dataset=train,
                       processing_class=tokenizer, alpha=config.alpha, peft_config=peft_config(ctx))
 

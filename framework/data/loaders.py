@@ -98,6 +98,9 @@ class ArithDatasetConfig(DatasetConfig):
     multiplier_max: int = 3  # for the `mul` operation
     operations: list[str] = field(default_factory=lambda: ["add", "sub"])  # any of add, sub, mul
     distractors_max: int = 1  # sentences about another person per problem, drawn from [0, distractors_max]
+    solution_order: str = "story"  # the demonstration's order of the changes: story (the question's) | any (a random valid one)
+    commute_additions: float = 0.0  # probability that the demonstration writes an addition amount first
+    heldout_size: int = 0  # unlabelled problems in neither split: the pool label-free methods may sharpen on
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
@@ -111,13 +114,19 @@ class ArithDatasetConfig(DatasetConfig):
                 f"must be in [start_max, {arith.NUMBER_TOKEN_MAX}]", self.value_max)
         require(self.multiplier_max >= 2, f"{prefix}.multiplier_max", "must be >= 2", self.multiplier_max)
         require(self.distractors_max >= 0, f"{prefix}.distractors_max", "must be >= 0", self.distractors_max)
+        require(self.solution_order in arith.SOLUTION_ORDERS, f"{prefix}.solution_order",
+                f"must be one of {list(arith.SOLUTION_ORDERS)}", self.solution_order)
+        require(0 <= self.commute_additions <= 1, f"{prefix}.commute_additions", "must be in [0, 1]",
+                self.commute_additions)
+        require(self.heldout_size >= 0, f"{prefix}.heldout_size", "must be >= 0", self.heldout_size)
         unknown = sorted(set(self.operations) - set(arith.CHANGES))
         require(bool(self.operations) and not unknown, f"{prefix}.operations",
                 f"must be a non-empty list drawn from {sorted(arith.CHANGES)}", list(self.operations))
 
     def spec(self) -> arith.ArithSpec:
         return arith.ArithSpec(self.min_steps, self.max_steps, self.start_max, self.operand_max, self.value_max,
-                               self.multiplier_max, tuple(self.operations), self.distractors_max)
+                               self.multiplier_max, tuple(self.operations), self.distractors_max,
+                               self.solution_order, self.commute_additions)
 
 
 @registry.datasets.register("arith", ArithDatasetConfig)
@@ -125,14 +134,18 @@ def load_arith(config: ArithDatasetConfig) -> TaskData:
     checker = NumericAnswerChecker()
     if config.path:
         return load_local_gsm8k_format(config, checker)
-    try:
-        splits = arith.generate_splits(config.spec(), {"train": config.train_size, "test": config.test_size},
-                                       config.seed)
+    sizes = {"train": config.train_size, "test": config.test_size, "heldout": config.heldout_size}
+    try:  # the held-out pool comes last: train and test are the same with or without it
+        splits = arith.generate_splits(config.spec(), sizes, config.seed)
     except ValueError as error:
         raise ConfigError(f"dataset: {error}") from None
     fingerprint = {key: value for key, value in vars(config).items()}
     fingerprint["generator_version"] = arith.GENERATOR_VERSION
     data = {split: _rows_to_dataset(rows, config.prompt_template, checker, lambda i, s=split: f"arith {s} row {i}")
             for split, rows in splits.items()}
-    return TaskData(data["train"], data["test"], checker, fingerprint)
+    structures = {config.prompt_template.format(question=row["question"]): (row["start"], row["changes"])
+                  for rows in splits.values() for row in rows}
+    heldout = data["heldout"] if config.heldout_size else None  # labelled here; without_labels() strips it
+    return TaskData(data["train"], data["test"], checker, fingerprint, heldout=heldout,
+                    first_wrong_step=lambda prompt, steps: arith.first_wrong_step(*structures[prompt], steps))
 

@@ -7,13 +7,17 @@
                  have none (GAOKAO)
     gold_answer  the final answer, used by evaluation (and by methods allowed labels)
 
-plus the answer checker evaluation uses and a fingerprint of everything that determines the rows.
-A module of its own, below the loaders (loaders.py, benchmarks.py) that build it.
+plus the answer checker evaluation uses and a fingerprint of everything that determines the rows, and
+optionally a held-out pool of unlabelled prompts (`heldout`: disjoint from both splits, for the label-free
+methods to sharpen on without touching SFT's data or the test prompts) and a task's exact check of a solution's
+steps (`first_wrong_step`, for the Self-Explore premise). A module of its own, below the loaders (loaders.py,
+benchmarks.py) that build it.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from datasets import Dataset
 
@@ -32,6 +36,10 @@ class TaskData:
     system_prompt: str | None = None  # chat only: an optional system turn before the user message
     chat_rendered: bool = False  # render_prompts has run (it is idempotent)
     dropped_empty_gold: int = 0  # test rows left out because their gold answer is empty (benchmarks.py)
+    heldout: Dataset | None = None  # problems in neither split (a label-free method sees their prompts only); None: none
+    # (prompt, the solution's steps) -> the 1-based first step no correct solution has, or None when all are right;
+    # None: the task has no exact check (the premises then compare with the demonstration, an approximation)
+    first_wrong_step: Callable[[str, list[str]], int | None] | None = None
 
     UNLABELLED_COLUMNS = ("question", "prompt")
 
@@ -43,7 +51,8 @@ class TaskData:
     def without_labels(self) -> "TaskData":
         """The same problems with gold answers and demonstrations removed, for label-free methods."""
         keep = lambda split: split.select_columns([c for c in self.UNLABELLED_COLUMNS if c in split.column_names])
-        return replace(self, train=keep(self.train), test=keep(self.test))
+        return replace(self, train=keep(self.train), test=keep(self.test), first_wrong_step=None,
+                       heldout=None if self.heldout is None else keep(self.heldout))
 
     def render_prompts(self, tokenizer) -> "TaskData":
         """For prompt_format=chat: every `prompt` becomes the model's chat-template text of
@@ -57,4 +66,4 @@ class TaskData:
         fingerprint = {**self.fingerprint, "chat_template": hashlib.sha256(
             tokenizer.chat_template.encode("utf-8")).hexdigest()[:16]}
         return replace(self, train=swap(self.train), test=swap(self.test), fingerprint=fingerprint,
-                       chat_rendered=True)
+                       heldout=None if self.heldout is None else swap(self.heldout), chat_rendered=True)

@@ -46,6 +46,8 @@ class Cell:
     compute: dict = field(default_factory=dict)
     comparison: Comparison | None = None
     control_comparison: Comparison | None = None  # against the method's control (same decoder), when run
+    budget: dict | None = None  # the method's own training stage, mean over seeds (`training_budget`)
+    undertrained: list[str] = field(default_factory=list)  # why its training did not train, if it did not
 
     @property
     def key(self) -> tuple:
@@ -103,6 +105,49 @@ def compute_spent(result: JobResult) -> dict:
     }
 
 
+# A run whose loss did not move: too few optimizer steps, a warmup that is the whole run, or a DPO-style sigmoid
+# loss still within this share of ln 2 (its value while the policy equals its reference) at the end
+UNDERTRAINED_MIN_STEPS = 50
+UNDERTRAINED_LN2_SHARE = 0.01
+
+
+def own_budget(result: JobResult) -> dict | None:
+    """The budget of the method's own training stage: the last training stage its model rests on (results.json's
+    `training`); None for a method that trains nothing."""
+    return result.training[-1] if result.training else None
+
+
+def undertrained_reasons(budget: dict | None) -> list[str]:
+    """Why a training stage did not train: fewer than 50 optimizer steps, a warmup as long as the run, or a
+    DPO-style loss that ended within 1% of ln 2. [] when it trained (or trained nothing of its own)."""
+    if not budget:
+        return []
+    reasons, steps = [], budget.get("steps") or 0
+    if steps < UNDERTRAINED_MIN_STEPS:
+        reasons.append(f"{steps} optimizer steps (< {UNDERTRAINED_MIN_STEPS})")
+    if budget.get("warmup_steps") is not None and budget["warmup_steps"] >= steps:
+        reasons.append(f"warmup of {budget['warmup_steps']} steps is the whole run")
+    last = budget.get("last_loss")
+    if budget.get("loss_kind") == "dpo_sigmoid" and last is not None and \
+            abs(last - math.log(2)) <= UNDERTRAINED_LN2_SHARE * math.log(2):
+        reasons.append(f"DPO loss {last:.4f} within 1% of ln 2")
+    return reasons
+
+
+def _aggregate_budget(cell: Cell) -> None:
+    budgets = [own_budget(run.result) for run in cell.runs]
+    if not budgets or any(budget is None for budget in budgets):
+        return
+    cell.budget = {key: mean_or_none(budget.get(key) for budget in budgets)
+                   for key in ("steps", "global_batch", "examples", "epochs", "first_loss", "last_loss")}
+    cell.budget["kind"] = budgets[0].get("kind")
+    seen = {}
+    for run, budget in zip(cell.runs, budgets):
+        for reason in undertrained_reasons(budget):
+            seen.setdefault(reason, []).append(run.result.seed)
+    cell.undertrained = [f"{reason} (seed {', '.join(map(str, seeds))})" for reason, seeds in seen.items()]
+
+
 def _aggregate_accuracy(cell: Cell) -> None:
     scores = cell.scores_by_seed()
     problems = sorted(set.intersection(*(set(s) for s in scores.values()))) if scores else []
@@ -142,6 +187,7 @@ def aggregate(runs: list[Run], baseline: str = BASELINE, resamples: int = BOOTST
         first = members[0].result
         cell = Cell(dataset, model, algorithm, first.decoder, label, first.decoder_config or {}, members)
         _aggregate_accuracy(cell)
+        _aggregate_budget(cell)
         metrics = [run.result.metrics for run in members]
         sizes = set.intersection(*({int(k[5:]) for k in m if k.startswith("pass@")} for m in metrics))
         if sizes:

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from framework.report.aggregate import (
-    BASELINE, Cell, aggregate, beam_widths, compute_spent, decoder_footnote, greedy_jobs, job_greedy_reference,
-    lift_percent, mean_or_none, method_rank, paired_comparison, paired_means, short_decoder_labels,
+    BASELINE, UNDERTRAINED_MIN_STEPS, Cell, aggregate, beam_widths, compute_spent, decoder_footnote, greedy_jobs,
+    job_greedy_reference, lift_percent, mean_or_none, method_rank, paired_comparison, paired_means,
+    short_decoder_labels,
 )
 from framework.report.checks import run_checks
 from framework.report.fidelity import fidelity_lines, premises_lines
@@ -23,11 +24,13 @@ from framework.report.sweep import Run
 # report.md's columns, report.csv's, and the per-job table's (comparison.md, comparison.csv)
 REPORT_COLUMNS = ("method", "decoder", "seeds", "accuracy % [95% CI]", "lift vs greedy %", "pass@N %",
                   f"Δ vs {BASELINE}, points [95% CI]", "p (Holm)", "Δ vs control, points [95% CI]", "p (Holm) ",
+                  "steps", "examples", "epochs", "loss first → last", "undertrained",
                   "train tokens", "sampled tokens", "eval tokens", "train s", "decode s")
 CSV_COLUMNS = ("dataset", "model", "method", "decoder", "seeds", "num_problems", "accuracy", "ci_low", "ci_high",
                "interval", "lift_over_greedy_pct", "pass_n", "pass_at_n", "delta_vs_baseline", "delta_ci_low",
                "delta_ci_high", "p_value", "p_holm", "significant", "delta_vs_control", "control_ci_low",
-               "control_ci_high", "control_p_value", "control_p_holm", "control_significant", "train_tokens",
+               "control_ci_high", "control_p_value", "control_p_holm", "control_significant", "steps", "examples", "epochs", "first_loss", "last_loss", "undertrained",
+               "train_tokens",
                "sampling_generated_tokens", "eval_generated_tokens", "train_seconds", "decode_seconds", "wall_seconds")
 COLUMNS = ("algorithm", "decoder", "seed", "accuracy", "95% CI", "flexible", "pass@k", "lift vs greedy %",
            "mean tokens", "eval tokens", "train s", "decode s")
@@ -57,6 +60,18 @@ def _delta(comparison: Comparison | None) -> list[str]:
             + (" *" if comparison.significant else ""), f"{_p(comparison.p_value)} ({_p(comparison.p_holm)})"]
 
 
+def _budget(cell: Cell) -> list[str]:
+    """The method's own training stage: optimizer steps, examples (sequences, pairs or prompts) seen, epochs, the
+    first and last logged training loss, and why it did not train, if it did not (aggregate.undertrained_reasons)."""
+    budget = cell.budget
+    if budget is None:
+        return ["—", "—", "—", "—", ""]
+    loss = "—" if budget.get("first_loss") is None else f"{budget['first_loss']:.3g} → {budget['last_loss']:.3g}"
+    epochs = "—" if budget.get("epochs") is None else f"{budget['epochs']:.2g}"
+    return [_count(budget.get("steps")), _count(budget.get("examples")), epochs, loss,
+            ("**yes**: " + "; ".join(cell.undertrained)) if cell.undertrained else "no"]
+
+
 # ---------------------------------------------------------------------------- report.md, report.csv
 def report_rows(cells: list[Cell]) -> list[list[str]]:
     rows = []
@@ -65,7 +80,7 @@ def report_rows(cells: list[Cell]) -> list[list[str]]:
             cell.algorithm, cell.decoder_short, str(len(cell.runs)),
             f"{100 * cell.accuracy:.1f} [{_percent(cell.ci_low)}, {_percent(cell.ci_high)}]",
             _signed(cell.lift), "—" if cell.pass_n is None else f"{100 * cell.pass_n[1]:.1f} (N={cell.pass_n[0]})",
-            *_delta(cell.comparison), *_delta(cell.control_comparison),
+            *_delta(cell.comparison), *_delta(cell.control_comparison), *_budget(cell),
             _count(cell.compute.get("train_tokens")), _count(cell.compute.get("sampling_generated_tokens")),
             _count(cell.compute.get("eval_generated_tokens")), _count(cell.compute.get("train_seconds")),
             "—" if cell.compute.get("decode_seconds") is None else f"{cell.compute['decode_seconds']:.1f}",
@@ -84,6 +99,8 @@ def report_csv(cells: list[Cell]) -> str:
             *(cell.pass_n if cell.pass_n else ("", "")),
             *(value for c in (cell.comparison, cell.control_comparison)
               for value in ((c.difference, c.low, c.high, c.p_value, c.p_holm, c.significant) if c else ("",) * 6)),
+            *((cell.budget or {}).get(key, "") for key in ("steps", "examples", "epochs", "first_loss", "last_loss")),
+            "; ".join(cell.undertrained),
             *(cell.compute.get(key) for key in ("train_tokens", "sampling_generated_tokens", "eval_generated_tokens",
                                                   "train_seconds", "decode_seconds", "wall_seconds")),
         ])
@@ -155,6 +172,11 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         "started from, with the method's optimizer steps, batch, learning rate and schedule "
         "(evaluation.control_decoders). Δ vs control: the method against its own control, computed like Δ vs "
         f"{baseline}; it separates what the method's data does from what more optimizer steps do.",
+        "steps, examples, epochs, loss first → last: the method's own (last) training stage, mean over seeds: "
+        "optimizer steps, sequences (pairs for DPO, prompts for XPO) seen, epochs over its own data, and the first "
+        "and last logged training loss. undertrained: **yes** when a seed's stage made fewer than "
+        f"{UNDERTRAINED_MIN_STEPS} optimizer steps, spent the whole run in warmup, or ended with a DPO-style loss "
+        "within 1% of ln 2 (where it starts): its row measures the budget, not the method.",
         "Compute, mean per job: train tokens, sampled tokens and train s are summed over every training stage "
         "the model depends on (cached stages included) when results.json records them (train s falls back to "
         "the job's own training time); eval tokens are the tokens generated on the test set, every sample of "
