@@ -94,3 +94,61 @@ def test_a_distractor_is_about_somebody_else_and_left_out_of_the_solution():
         changes = [s for s in sentences[1:] if s.startswith(name)]
         assert len(row["answer"].splitlines()) == len(changes) + 1
     assert 50 < seen < 150  # drawn from [0, 1] per problem
+
+
+# ---------------------------------------------------------------------------- version 3: several correct solutions
+ANY_ORDER = ArithDatasetConfig(solution_order="any", commute_additions=0.5).spec()
+
+
+def test_any_order_demonstrations_vary_and_every_one_passes_the_exact_step_check():
+    rows = arith.generate_splits(ANY_ORDER, {"train": 400}, seed=0)["train"]
+    orders_differ = commuted = 0
+    for row in rows:
+        steps = row["answer"].split("\n")
+        assert arith.first_wrong_step(row["start"], row["changes"], steps) is None, row
+        written = [line for line in steps[:-1]]
+        story = []
+        value = row["start"]
+        for operation, amount in row["changes"]:
+            new = {"add": value + amount, "sub": value - amount}[operation]
+            story.append(f"{value} {arith.SYMBOL[operation]} {amount} = {new}")
+            value = new
+        orders_differ += [line.split(" = ")[1] for line in written] != [line.split(" = ")[1] for line in story]
+        commuted += any(line.split(" ")[2] != str(amount) and " + " in line
+                        for line, (_, amount) in zip(written, row["changes"]))
+    assert orders_differ > 100 and commuted > 100  # the demonstrations are not one text per problem
+
+
+def test_the_exact_step_check_accepts_any_valid_order_and_finds_the_first_wrong_step():
+    start, changes = 16, [["add", 4], ["sub", 6], ["add", 1]]  # 16 + 4 - 6 + 1 = 15
+    check = lambda *steps: arith.first_wrong_step(start, changes, list(steps))  # noqa: E731
+    assert check("16 + 4 = 20", "20 - 6 = 14", "14 + 1 = 15", "#### 15") is None
+    assert check("16 - 6 = 10", "1 + 10 = 11", "11 + 4 = 15", "#### 15") is None  # another order, commuted
+    assert check("16 + 4 = 20", "20 - 6 = 14") is None  # every step written so far is right
+    assert check("16 + 4 = 21", "21 - 6 = 15", "15 + 1 = 16", "#### 16") == 1  # an arithmetic fact wrong
+    assert check("16 + 4 = 20", "20 - 3 = 17") == 2  # an amount the problem does not have (a distractor's)
+    assert check("16 + 4 = 20", "20 + 4 = 24") == 2  # a change applied twice
+    assert check("16 + 4 = 20", "4 - 6 = -2") == 2  # not the running amount
+    assert check("6 - 16 = -10") == 1  # subtraction is not commutative
+    assert check("16 + 4 = 20", "#### 20") == 2  # the answer before every change is applied
+    assert check("16 + 4 = 20", "20 - 6 = 14", "14 + 1 = 15", "#### 14") == 4  # the wrong total
+    assert check("the total is 15") == 1
+
+
+def test_version_2_problems_are_unchanged_by_the_new_keys_at_their_defaults():
+    story = arith.generate_splits(SPEC, {"train": 50}, seed=1)["train"]
+    for row in story:  # the demonstration is the question's order, each addition running amount first
+        value = row["start"]
+        for line, (operation, amount) in zip(row["answer"].split("\n"), row["changes"]):
+            assert line.startswith(f"{value} {arith.SYMBOL[operation]} {amount} = ")
+            value = {"add": value + amount, "sub": value - amount}[operation]
+
+
+def test_the_held_out_pool_is_disjoint_and_leaves_train_and_test_as_they_were():
+    plain = load_arith(ArithDatasetConfig(train_size=100, test_size=50))
+    pooled = load_arith(ArithDatasetConfig(train_size=100, test_size=50, heldout_size=60))
+    assert plain.heldout is None and len(pooled.heldout) == 60
+    assert list(plain.train["prompt"]) == list(pooled.train["prompt"])
+    assert list(plain.test["prompt"]) == list(pooled.test["prompt"])
+    assert not set(pooled.heldout["prompt"]) & (set(pooled.train["prompt"]) | set(pooled.test["prompt"]))
+    assert pooled.without_labels().heldout.column_names == ["question", "prompt"]

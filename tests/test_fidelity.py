@@ -59,3 +59,39 @@ def test_majority_and_logprob_picks_are_recomputed_from_the_candidates(tmp_path)
     cell = SimpleNamespace(runs=[_job(tmp_path, "b", "sft", "bon", 0, rows)])
     assert fidelity._selector_scores(cell, "logprob") == {0: {0: 0.0}}
     assert fidelity._selector_scores(cell, "majority") == {0: {0: 1.0}}
+
+
+def _labelled_job(tmp_path, name, algorithm, decoder, label, seed, correct, **decoder_config):
+    run = _job(tmp_path, name, algorithm, decoder, seed, [_row(p, c) for p, c in enumerate(correct)],
+               **decoder_config)
+    run.result.decoder_label = label
+    return run
+
+
+def test_soc_is_paired_with_sft_under_the_same_width_and_length_penalty(tmp_path):
+    """soc_beam_widths sweeps length_penalty 0 and 1 at each width: each SOC cell is compared with the SFT cell of
+    the same width AND ranking (before: with whichever SFT cell of that width came first, both rows alike)."""
+    n = 40
+    jobs = [
+        # summed log-prob: SOC right on every problem, SFT on none -> +100 points, held
+        _labelled_job(tmp_path, "a", "sft", "beam", "beam(num_beams=4, length_penalty=0.0)", 0, [False] * n,
+                      num_beams=4, length_penalty=0.0),
+        _labelled_job(tmp_path, "b", "soc", "beam", "beam(num_beams=4, length_penalty=0.0)", 0, [True] * n,
+                      num_beams=4, length_penalty=0.0),
+        # mean log-prob: the reverse -> -100 points, not held
+        _labelled_job(tmp_path, "c", "sft", "beam", "beam(num_beams=4, length_penalty=1.0)", 0, [True] * n,
+                      num_beams=4, length_penalty=1.0),
+        _labelled_job(tmp_path, "d", "soc", "beam", "beam(num_beams=4, length_penalty=1.0)", 0, [False] * n,
+                      num_beams=4, length_penalty=1.0),
+    ]
+    cells = aggregate(jobs, compare=False)
+    from framework.report.aggregate import paired_comparison
+    from framework.report.statistics import paired_scores_comparison
+
+    lines = fidelity.fidelity_lines(cells, lambda a, b: paired_comparison(a, b, 200),
+                                    lambda a, b: paired_scores_comparison(a, b, 200))
+    rows = {line.split(" | ")[1]: line for line in lines[2:]}
+    assert "+100.0" in rows["SOC >= SFT, beam width 4, summed log-prob"]
+    assert rows["SOC >= SFT, beam width 4, summed log-prob"].endswith("| held |")
+    assert "-100.0" in rows["SOC >= SFT, beam width 4, mean log-prob"]
+    assert rows["SOC >= SFT, beam width 4, mean log-prob"].endswith("| not held |")

@@ -5,6 +5,7 @@ import pytest
 
 from framework import premises
 from framework.algorithms.sharpening import SampledPrompt
+from framework.data import arith
 from framework.data.answers import NumericAnswerChecker
 from framework.generation import Candidate
 
@@ -71,3 +72,37 @@ def test_pit_premises_place_each_pit_against_the_first_wrong_step():
     values = premises.pit_premises(records, demonstrations, split)
     assert values == {"pits": 3, "pit_at_first_wrong_step_share": 1 / 3, "pit_before_first_wrong_step_share": 1 / 3,
                       "pit_after_first_wrong_step_share": 1 / 3, "pit_without_a_wrong_step_share": 0.0}
+
+
+def test_pit_premises_use_the_tasks_exact_check_where_there_is_one():
+    """With several correct orders, a rationale that starts with another change than the demonstration is not
+    wrong at step 1: the exact check places the first wrong step where no solution goes (step 2 here)."""
+    split = lambda text: text.splitlines(keepends=True)
+    demonstrations = {"q": "2 + 3 = 5\n5 - 1 = 4\n#### 4"}
+    other_order = ["2 - 1 = 1\n", "1 + 9 = 10\n", "#### 10"]  # right first step (another order), then wrong
+    exact = lambda prompt, steps: arith.first_wrong_step(2, [["add", 3], ["sub", 1]], steps)  # noqa: E731
+    record = SimpleNamespace(prompt="q", steps=other_order, pit=2)
+    assert premises.pit_premises([record], demonstrations, split)["pit_before_first_wrong_step_share"] == 0
+    assert premises.pit_premises([record], demonstrations, split)["pit_after_first_wrong_step_share"] == 1
+    assert premises.pit_premises([record], demonstrations, split, exact)["pit_at_first_wrong_step_share"] == 1
+
+
+def test_rft_premise_counts_distinct_correct_rationales_per_question():
+    from framework.algorithms.rationales import Rationale, SampledQuestion
+
+    def question(index, texts_correct):
+        return SampledQuestion(index, f"q{index}", "4", [Rationale(text, True, "4" if ok else "5", ok, 3)
+                                                         for text, ok in texts_correct])
+
+    questions = [
+        question(0, [("2 + 3 = 5\n5 - 1 = 4\n#### 4", True), ("3 + 2 = 5\n5 - 1 = 4\n#### 4", True),
+                     ("2 + 3 = 5\n5 - 1 = 4\n#### 4", True),  # a repeat: one distinct
+                     ("2 - 1 = 1\n1 + 3 = 4\n#### 4", True), ("2 + 3 = 5\n#### 5", False)]),
+        question(1, [("2 + 3 = 5\n5 - 1 = 4\n#### 4", True)]),
+        question(2, [("2 + 3 = 6\n#### 6", False)]),
+    ]
+    keys = {"correct_dedup": "equations", "max_correct_per_question": 2, "max_incorrect_per_question": None,
+            "min_edit_distance": 0.2, "require_finished": True}
+    values = premises.rationale_premises(questions, keys)
+    assert values == {"rationale_questions": 3, "distinct_correct_per_question": (3 + 1 + 0) / 3,
+                      "kept_correct_per_question": (2 + 1 + 0) / 3, "questions_with_a_correct_share": 2 / 3}

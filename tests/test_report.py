@@ -398,3 +398,46 @@ def test_a_results_file_that_is_no_jobs_record_is_a_one_line_error(tmp_path, cap
         collect(tmp_path)
     assert main([str(tmp_path)]) == 2
     assert "b/results.json: not a job's results" in capsys.readouterr().err
+
+
+def _budget(**overrides):
+    budget = {"kind": "outcome_dpo", "steps": 120, "global_batch": 16, "examples": 1920, "epochs": 3.0,
+              "warmup_steps": 12, "learning_rate": 1e-4, "first_loss": 0.6931, "last_loss": 0.52,
+              "loss_kind": "dpo_sigmoid"}
+    return {**budget, **overrides}
+
+
+def test_the_undertrained_flag_fires_on_a_run_that_did_not_move_and_stays_silent_on_one_that_did():
+    from framework.report.aggregate import undertrained_reasons
+
+    assert undertrained_reasons(_budget()) == []  # 120 steps, warmup 12, loss 0.693 -> 0.52
+    assert undertrained_reasons(_budget(last_loss=0.6901)) == ["DPO loss 0.6901 within 1% of ln 2"]
+    assert undertrained_reasons(_budget(steps=2, warmup_steps=1))[0] == "2 optimizer steps (< 50)"
+    assert undertrained_reasons(_budget(steps=60, warmup_steps=60)) == ["warmup of 60 steps is the whole run"]
+    # an SFT-type loss near ln 2 is no sign of anything: only a DPO-style sigmoid loss starts there
+    assert undertrained_reasons(_budget(loss_kind="SFTTrainer", last_loss=0.6931)) == []
+    assert undertrained_reasons(None) == []  # algorithm=none trains nothing of its own
+
+
+def test_the_report_shows_each_methods_budget_and_flags_an_undertrained_row(tmp_path):
+    from framework.report import write_report
+
+    for name, last, steps in (("moved", 0.41, 300), ("stuck", 0.6929, 2)):
+        job = tmp_path / name
+        job.mkdir()
+        rows = [{"problem": p, "candidate": 0, "chosen": True, "correct": p % 2 == 0} for p in range(10)]
+        (job / "generations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        JobResult(algorithm=name, decoder="greedy", decoder_label="greedy", dataset="arith", model="tiny", seed=0,
+                  metrics={"accuracy": 0.5, "num_problems": 10, "accuracy_ci_low": 0.2, "accuracy_ci_high": 0.8},
+                  training=[_budget(kind="sft", loss_kind="SFTTrainer"),
+                            _budget(kind=name, steps=steps, examples=16 * steps, warmup_steps=1,
+                                    last_loss=last)]).write(
+            job / "results.json")
+    from framework.report.sweep import collect
+
+    runs, missing = collect(tmp_path)
+    text = write_report(runs, tmp_path, "t", missing, resamples=10, plots=False)
+    moved = next(line for line in text.splitlines() if line.startswith("| moved |"))
+    stuck = next(line for line in text.splitlines() if line.startswith("| stuck |"))
+    assert "| 300 | 4,800 | 3 | 0.693 → 0.41 | no |" in moved
+    assert "**yes**: 2 optimizer steps (< 50) (seed 0); DPO loss 0.6929 within 1% of ln 2 (seed 0)" in stuck

@@ -20,6 +20,7 @@ from framework.generation import Candidate
 GREEDY_RANGE = (0.40, 0.75)
 SAMPLE_OVER_GREEDY_MIN = 0.7
 PASS_N_OVER_GREEDY_MIN = 0.15
+RFT_DISTINCT_MIN = 2.0  # distinct correct rationales per question, on average
 EQUATION = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
 
 
@@ -158,6 +159,18 @@ def premises_lines(cells) -> list[str]:
             rows.append([f"{method}: pairs preferring right over wrong", _seed_mean(good), "> the reverse",
                          "yes" if all(good[s] > bad.get(s, 1) for s in good) else "no"])
             rows.append([f"{method}: pairs preferring wrong over right", _seed_mean(bad), "", ""])
+    for method in ("rft", "outcome_dpo", "self_explore"):  # one rationale set for the family: its first method's
+        values = _method_premises(cells, method)
+        if "distinct_correct_per_question" in values:
+            distinct = values["distinct_correct_per_question"]
+            rows.append([f"{method}: distinct correct rationales per question in the rationale set "
+                         f"({values['rationale_questions'][min(values['rationale_questions'])]:.0f} questions)",
+                         _seed_mean(distinct), f">= {RFT_DISTINCT_MIN} (RFT learns from several ways to solve)",
+                         "yes" if min(distinct.values()) >= RFT_DISTINCT_MIN else "no"])
+            share = values["questions_with_a_correct_share"]
+            rows.append([f"{method}: share of questions with at least one correct rationale", _seed_mean(share),
+                         "", ""])
+            break
     pits = _method_premises(cells, "self_explore")
     if "pits" in pits:
         for where in ("at", "before", "after"):
@@ -188,55 +201,171 @@ def _selector_scores(bon_cell, selector: str) -> dict[int, dict[int, float]]:
     return scores
 
 
+def _method_cells(cells, name: str, decoder: str, **algorithm_keys) -> list:
+    """Cells of algorithm `name` (any row label: `bon_sft(prompt_pool=test)` too, controls excluded) under
+    `decoder`, whose jobs ran with `algorithm_keys`."""
+    found = []
+    for cell in cells:
+        result = cell.runs[0].result
+        config = result.algorithm_config or {}
+        if result.algorithm == name and not result.control_of and cell.decoder == decoder and all(
+                config.get(key) == value for key, value in algorithm_keys.items()):
+            found.append(cell)
+    return found
+
+
+def _plain_cell(cells, name: str, decoder: str):
+    """The cell of the method's plain row (its label is its name): `soc` under `decoder`, say."""
+    return next((cell for cell in cells if cell.algorithm == name and cell.decoder == decoder), None)
+
+
+def _ranking(config: dict) -> str:
+    """How beam search ranks its hypotheses: by summed log-prob (length_penalty 0, the SOC paper's reading of
+    beam search) or by log-prob per token^penalty."""
+    penalty = float(config.get("length_penalty", 1.0))
+    return "summed log-prob" if penalty == 0 else "mean log-prob" if penalty == 1 else f"sum / length^{penalty:g}"
+
+
+def _lift_interval(comparison, reference: float | None) -> str:
+    """A difference in points and its interval as % lift over `reference` (the sharpening paper's metric); the
+    reference is held fixed (its own sampling error is not in the interval)."""
+    if comparison is None or not reference:
+        return _interval(comparison)
+    scale = 100.0 / reference
+    return (f"{scale * comparison.difference:+.1f}% [{scale * comparison.low:+.1f}, {scale * comparison.high:+.1f}] "
+            f"({_interval(comparison)} points)")
+
+
+def _curve_scores(bon_cell, size: int) -> dict[int, dict[int, float]]:
+    """Seed -> problem -> the exact expected correctness of best-of-`size` by log-prob over random `size`-subsets
+    of the job's samples (the sharpening paper's subsampled curve), per problem so that gains get intervals."""
+    from framework.bon import expected_accuracy_of_argmax
+
+    scores = {}
+    for run in bon_cell.runs:
+        per_problem = {}
+        for problem, rows in _by_problem(run.generations()).items():
+            rows = sorted(rows, key=lambda r: r["candidate"])
+            if size > len(rows) or any("logprob" not in row for row in rows):
+                return {}
+            per_problem[problem] = expected_accuracy_of_argmax([float(r["logprob"]) for r in rows],
+                                                               [bool(r["correct"]) for r in rows], size)
+        scores[run.result.seed] = per_problem
+    return scores
+
+
+def _difference(first: dict, second: dict) -> dict:
+    """Seed -> problem -> first - second, on the seeds and problems both have."""
+    return {seed: {p: first[seed][p] - second[seed][p] for p in first[seed] if p in second.get(seed, {})}
+            for seed in first if seed in second}
+
+
+def _sample_scores(cell) -> dict[int, dict[int, float]]:
+    """Seed -> problem -> the share of a sampling decoder's samples that are correct: one sample's expected
+    accuracy at the decoder's temperature (every candidate of a best-of-N job is such a sample)."""
+    return {run.result.seed: {p: sum(r["correct"] for r in rows) / len(rows)
+                              for p, rows in _by_problem(run.generations()).items()} for run in cell.runs}
+
+
+def _greedy_accuracy(cell) -> float | None:
+    return cell.accuracy if cell is not None else None
+
+
 def fidelity_lines(cells, compare: Callable, compare_scores: Callable) -> list[str]:
-    """Each seed paper's qualitative claim, measured on this sweep: held / not held / not resolved.
-    `compare(cell, reference)`: the report's paired comparison of two cells; `compare_scores(ours, theirs)`:
-    the same on two seed -> problem -> score maps (common seeds and problems, paired bootstrap)."""
+    """Each seed paper's claims, in the form the paper makes them, measured on this sweep: held / not held / not
+    resolved. `compare(cell, reference)`: the report's paired comparison of two cells; `compare_scores(ours,
+    theirs)`: the same on two seed -> problem -> score maps (common seeds and problems, paired bootstrap).
+
+    - SOC (Zhang et al. 2025): SOC >= SFT at every beam width the sweep has (1 = greedy), under each ranking (the
+      paper's reading of beam search ranks by summed log-prob), each width its own row and a summary row; and
+      "beam search on SFT can fall below greedy": held when some width falls significantly below.
+    - Sharpening (Huang et al. 2025), as % lift over greedy: inference-time best-of-N by log-prob on the SFT model;
+      saturation (the last doubling of N gains less than the first, with a paired interval); majority vote against
+      log-prob; BoN-SFT in the paper's protocol (`prompt_pool=test`: it sharpens the prompts it is scored on,
+      without their labels), greedy and sampled at T = 1, against its starting model's greedy, and below
+      inference-time best-of-N.
+    - Self-Explore (Hwang et al. 2024): the chain self_explore > outcome DPO > RFT > SFT, and self_explore > SFT."""
     rows = []
 
-    def claim(paper: str, text: str, comparison, side: int) -> None:
+    def claim(paper: str, text: str, comparison, side: int, shown: str | None = None) -> str:
         verdict = "no data" if comparison is None else _verdict(comparison.low, comparison.high, side)
-        rows.append([paper, text, _interval(comparison), verdict])
+        rows.append([paper, text, shown or _interval(comparison), verdict])
+        return verdict
 
-    beams = sorted((c for c in cells if c.algorithm == "sft" and c.decoder == "beam"),
-                   key=lambda c: c.decoder_config.get("num_beams", 0))
-    for sft_beam in beams:
-        width = sft_beam.decoder_config.get("num_beams")
-        soc = _cell(cells, "soc", "beam", num_beams=width)
-        claim("SOC", f"SOC >= SFT under beam search, width {width}", compare(soc, sft_beam), +1)
-    greedy = _cell(cells, "sft", "greedy")
-    if greedy is not None:
-        for sft_beam in beams:
-            claim("SOC", f"beam search (width {sft_beam.decoder_config.get('num_beams')}) on SFT falls below greedy",
-                  compare(sft_beam, greedy), -1)
-    bon = _cell(cells, "sft", "bon")
+    # ---- SOC: every width, each ranking; width 1 is greedy (the same for both rankings: one row)
+    greedy = _plain_cell(cells, "sft", "greedy")
+    soc_greedy = _plain_cell(cells, "soc", "greedy")
+    sft_beams = [c for c in cells if c.algorithm == "sft" and c.decoder == "beam"]
+    width_one = None
+    if greedy is not None and soc_greedy is not None:
+        width_one = claim("SOC", "SOC >= SFT, width 1 (greedy)", compare(soc_greedy, greedy), +1)
+    for ranking in sorted({_ranking(c.decoder_config) for c in sft_beams}):
+        verdicts = [width_one] if width_one is not None else []
+        widths = sorted((c for c in sft_beams if _ranking(c.decoder_config) == ranking),
+                        key=lambda c: c.decoder_config.get("num_beams", 0))
+        for sft_beam in widths:
+            # the SOC job decoded with exactly this decoder (width and length penalty): one label, one pair
+            soc = next((c for c in cells if c.algorithm == "soc" and c.decoder_label == sft_beam.decoder_label), None)
+            verdicts.append(claim("SOC", f"SOC >= SFT, beam width {sft_beam.decoder_config.get('num_beams')}, "
+                                  f"{ranking}", compare(soc, sft_beam) if soc is not None else None, +1))
+        if len(verdicts) > 1:
+            summary = ("not held" if "not held" in verdicts else "held" if all(v == "held" for v in verdicts)
+                       else "not resolved")
+            rows.append(["SOC", f"SOC >= SFT at every width, {ranking}",
+                         f"held at {verdicts.count('held')} of {len(verdicts)} widths, not held at "
+                         f"{verdicts.count('not held')}", summary])
+    if greedy is not None and sft_beams:
+        below = []
+        for sft_beam in sorted(sft_beams, key=lambda c: (_ranking(c.decoder_config),
+                                                         c.decoder_config.get("num_beams", 0))):
+            comparison = compare(sft_beam, greedy)
+            if comparison is not None:
+                below.append((comparison, sft_beam))
+        if below:
+            lowest, cell = min(below, key=lambda item: item[0].high)
+            held = any(_verdict(c.low, c.high, -1) == "held" for c, _ in below)
+            none_below = all(_verdict(c.low, c.high, -1) == "not held" for c, _ in below)
+            rows.append(["SOC", "beam search on SFT falls below greedy at some width",
+                         f"lowest upper bound: width {cell.decoder_config.get('num_beams')}, "
+                         f"{_ranking(cell.decoder_config)}: {_interval(lowest)}",
+                         "held" if held else "not held" if none_below else "not resolved"])
+    # ---- sharpening: % lift over greedy
+    bon = _plain_cell(cells, "sft", "bon")
     if bon is not None and greedy is not None:
         size = bon.decoder_config.get("samples_per_prompt")
         logprob = _selector_scores(bon, "logprob")
-        claim("sharpening", f"best-of-{size} by log-prob lifts over greedy (on SFT)",
-              compare_scores(logprob, greedy.scores_by_seed()), +1)
-        curves = [run.result.metrics.get("bon_accuracy_by_n") for run in bon.runs]
-        if curves and all(curves):
-            sizes = sorted({int(n) for curve in curves for n in curve})
-            mean = {n: sum(curve[str(n)] for curve in curves) / len(curves) for n in sizes}
-            if len(sizes) >= 3:
-                first, last = mean[sizes[1]] - mean[sizes[0]], mean[sizes[-1]] - mean[sizes[-2]]
-                rows.append(["sharpening", f"best-of-N by {bon.decoder_config.get('selector')} saturates with N "
-                             "(the last doubling gains less than the first)",
-                             ", ".join(f"N={n}: {100 * mean[n]:.1f}" for n in sizes) + " (expected accuracy, no interval)",
-                             "held" if last < first else "not held"])
+        lift = compare_scores(logprob, greedy.scores_by_seed())
+        claim("sharpening", f"best-of-{size} by log-prob lifts over greedy (on SFT), % lift", lift, +1,
+              _lift_interval(lift, _greedy_accuracy(greedy)))
+        if size and size >= 4:
+            first_gain = _difference(_curve_scores(bon, 2), _curve_scores(bon, 1))
+            last_gain = _difference(_curve_scores(bon, size), _curve_scores(bon, size // 2))
+            if first_gain and last_gain:
+                claim("sharpening", f"best-of-N by log-prob saturates: N {size // 2} -> {size} gains less than "
+                      "N 1 -> 2 (points)", compare_scores(last_gain, first_gain), -1)
         claim("sharpening", f"majority vote >= log-prob among the same {size} samples (on SFT)",
               compare_scores(_selector_scores(bon, "majority"), logprob), +1)
-        bon_sft = _cell(cells, "bon_sft", "greedy")
-        if bon_sft is not None:
-            claim("sharpening", "BoN-SFT (greedy) > its starting model's greedy", compare(bon_sft, greedy), +1)
-            claim("sharpening", f"BoN-SFT (greedy) < inference-time best-of-{size} (on SFT)",
+        for bon_sft in _method_cells(cells, "bon_sft", "greedy", prompt_pool="test"):
+            comparison = compare_scores(bon_sft.scores_by_seed(), greedy.scores_by_seed())
+            claim("sharpening", f"BoN-SFT, paper protocol ({bon_sft.algorithm}), greedy > its starting model's "
+                  "greedy, % lift", comparison, +1, _lift_interval(comparison, _greedy_accuracy(greedy)))
+            claim("sharpening", f"BoN-SFT, paper protocol, greedy < inference-time best-of-{size} (on SFT)",
                   compare_scores(bon_sft.scores_by_seed(), logprob), -1)
-    chain = [m for m in ("self_explore", "outcome_dpo", "rft", "sft") if _cell(cells, m, "greedy") is not None]
+        for sampled in _method_cells(cells, "bon_sft", "bon", prompt_pool="test"):
+            temperature = sampled.decoder_config.get("temperature")
+            comparison = compare_scores(_sample_scores(sampled), greedy.scores_by_seed())
+            claim("sharpening", f"BoN-SFT, paper protocol, one sample at T = {temperature} > its starting model's "
+                  "greedy, % lift", comparison, +1, _lift_interval(comparison, _greedy_accuracy(greedy)))
+    # ---- Self-Explore: its chain, and over SFT
+    chain = [m for m in ("self_explore", "outcome_dpo", "rft", "sft") if _plain_cell(cells, m, "greedy") is not None]
     for better, worse in zip(chain, chain[1:]):
         claim("Self-Explore", f"{better} > {worse} (greedy)",
-              compare(_cell(cells, better, "greedy"), _cell(cells, worse, "greedy")), +1)
+              compare(_plain_cell(cells, better, "greedy"), _plain_cell(cells, worse, "greedy")), +1)
+    if chain[:1] == ["self_explore"] and "sft" in chain[2:]:
+        claim("Self-Explore", "self_explore > sft (greedy)",
+              compare(_plain_cell(cells, "self_explore", "greedy"), greedy), +1)
     if not rows:
         return []
     return ["| paper | claim | Δ, points [95% CI] | verdict |", "|---|---|---|---|",
             *("| " + " | ".join(row) + " |" for row in rows)]
+
