@@ -227,6 +227,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         control = None  # the method's control (evaluation.control_decoders), evaluated beside it
         if settings.decoder.name in settings.evaluation.control_decoders:
             control = train_control(method_context)
+            if control is not None and control[0].fingerprint == policy.fingerprint:
+                control = None  # SFT's own control is SFT: nothing to set beside it
         control_stages = [entry for entry in stages.compute_ledger() if entry not in model_stages]
         train_seconds = time.time() - trained_at
         if not distributed.is_main_process():  # the main process decodes and scores alone; wait for its results

@@ -47,7 +47,7 @@ class DPOAlgorithmConfig(TrainingConfig, SelfRewardSamplingConfig, StartingPoint
     name: str = "dpo"
     beta: float = 0.1  # strength of the pull towards pi_base (TRL's and the DPO paper's default)
     loss: str = "squared"  # squared (the paper's regression; needs selector=logprob) | sigmoid (DPO)
-    pair_strategy: str = "random_pair"  # random_pair (the paper's (y, y') ~ pi_base) | best_vs_worst | best_vs_random
+    pair_strategy: str = "random_pair"  # random_pair (the paper's (y, y') ~ pi_base) | random_pairs (N // 2 of them) | best_vs_worst | best_vs_random
     learning_rate: float = 1e-6  # TRL's DPOConfig default
     precompute_ref_log_probs: bool = False  # true: pi_base's log-probs of every pair once, no second model in memory
     num_train_epochs: float = 1.0

@@ -51,7 +51,8 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     # the RFT model (policy, reference) or, without RFT, the starting model
     start = (rft_model(ctx, questions, rationales_key, config, config.rft, "outcome_dpo", config.on_empty)
              if config.use_rft else ctx.base)
-    pairs, pairs_key, summary = outcome_pair_set(ctx, config, questions, rationales_key, config.max_pairs_per_question)
+    pairs, pairs_key, summary = outcome_pair_set(ctx, config, questions, rationales_key, config.max_pairs_per_question,
+                                                 config.pair_questions)
     drops: Counter = Counter()
     training = rejected_for_training(pairs, ctx.data.checker, config.strip_rejected_answer, drops)
     trimmed = {"training_pairs": len(training), **{f"dropped_{rule}": count for rule, count in drops.items()}}

@@ -60,6 +60,9 @@ class RationaleSamplingConfig(TrainingSamplingConfig):
     # auto: farthest for numeric answers, distant_shortest otherwise; cycle: every incorrect one, chosens in turn
     outcome_pairing: str = "auto"  # farthest | distant_shortest | cycle
     strip_rejected_answer: bool = True  # a rejected side loses its final-answer line (the scripts'); empty: skipped
+    # the outcome pairs (and Self-Explore's exploration) of the first N questions only (null: every question, the
+    # scripts'); RFT keeps every question's rationales. A budget key: the embedded headline's cut (docs/scale-model.md)
+    pair_questions: int | None = None
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
@@ -75,6 +78,8 @@ class RationaleSamplingConfig(TrainingSamplingConfig):
                 f"{prefix}.min_edit_distance", "must be in [0, 1)", self.min_edit_distance)
         require(self.outcome_pairing in OUTCOME_PAIRINGS, f"{prefix}.outcome_pairing",
                 f"must be one of {list(OUTCOME_PAIRINGS)}", self.outcome_pairing)
+        require(self.pair_questions is None or self.pair_questions >= 1, f"{prefix}.pair_questions",
+                "must be >= 1 or null", self.pair_questions)
 
     def sampling_keys(self) -> dict:
         """What determines the rationale set itself (not the rules applied to it)."""
@@ -401,14 +406,17 @@ def rejected_for_training(pairs: list[dict], checker, strip_answer: bool, drops:
 
 # ---------------------------------------------------------------------------- the outcome pair set
 def outcome_pair_set(ctx: AlgorithmContext, config: RationaleSamplingConfig, questions: list[SampledQuestion],
-                     rationales_key: str, max_pairs_per_question: int | None) -> tuple[list[dict], str, dict]:
+                     rationales_key: str, max_pairs_per_question: int | None,
+                     pair_questions: int | None = None) -> tuple[list[dict], str, dict]:
     """Every question's outcome pairs (stage `outcome_pairs`: raw rationale texts, before the rejected
-    side is trimmed for training), its key and its summary: pairs and what each rule dropped."""
+    side is trimmed for training), its key and its summary: pairs and what each rule dropped. `pair_questions`:
+    only the first N questions' (None: all, the scripts')."""
     keys = config.kept_keys(ctx.data.checker)
     pairing = resolved_pairing(config.outcome_pairing, ctx.data.checker)
+    paired = questions if pair_questions is None else questions[:pair_questions]
 
     def compute():
-        kept, summary = kept_set(questions, keys)
+        kept, summary = kept_set(paired, keys)
         drops: Counter = Counter()
         pairs = [pair for k in kept for pair in outcome_pairs(k, pairing, max_pairs_per_question, drops)]
         summary = {**summary, "pairs": len(pairs), "questions_with_pairs": len({p["question_index"] for p in pairs}),
@@ -417,7 +425,8 @@ def outcome_pair_set(ctx: AlgorithmContext, config: RationaleSamplingConfig, que
         return pairs, summary
 
     spec = ctx.stage_spec(rationales=rationales_key, kept=keys, pairing=pairing,
-                          max_pairs_per_question=max_pairs_per_question, seeded=False)
+                          max_pairs_per_question=max_pairs_per_question, seeded=False,
+                          **({"pair_questions": pair_questions} if pair_questions is not None else {}))
     pairs, key, summary = stored_records(ctx, "outcome_pairs", spec, PAIRS_FILE, compute, code=__name__)
     ctx.log({f"outcome_pairs/{name}": value for name, value in summary_counts(summary).items()})
     return pairs, key, summary

@@ -360,8 +360,9 @@ def run(ctx: AlgorithmContext) -> ModelHandle:
     # the RFT model (policy, reference, explorer) or, without RFT, the starting model
     explorer = (rft_model(ctx, questions, rationales_key, config, config.rft, "self_explore", config.on_empty)
                 if config.use_rft else ctx.base)
-    outcome, outcome_key, _ = outcome_pair_set(ctx, config, questions, rationales_key, None)
-    targets, without_steps = exploration_targets(questions, config, outcome)
+    outcome, outcome_key, _ = outcome_pair_set(ctx, config, questions, rationales_key, None, config.pair_questions)
+    targets, without_steps = exploration_targets(
+        questions if config.pair_questions is None else questions[: config.pair_questions], config, outcome)
     targets_key = ({"outcome_pairs": outcome_key} if config.explored_rationales == "outcome_pairs"
                    else {"rationales": rationales_key, "explored": "all_incorrect"})
     records, exploration_key = explore(ctx, config, targets_key, targets, without_steps, explorer)

@@ -25,7 +25,7 @@ from framework.generation import Candidate
 from framework.self_reward import SELECTOR_NAMES, select, self_rewards
 
 log = logging.getLogger(__name__)
-PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "random_pair")
+PAIR_STRATEGIES = ("best_vs_worst", "best_vs_random", "random_pair", "random_pairs")
 SAMPLES_FILE = "samples.jsonl"
 
 
@@ -56,17 +56,21 @@ def build_pairs(selector: str, candidates: list[Candidate], answers: list[str | 
 
     best_vs_worst:  the selector's pick vs the lowest r_self (first among ties)       -> 0 or 1 pair
     best_vs_random: the selector's pick vs a random candidate with strictly lower r_self -> 0 or 1 pair
-    random_pair:    two distinct random candidates, ordered by r_self (the paper's (y, y') ~ pi_base)
-    Prompts whose candidates all score the same give no pair: there is no preference to learn.
+    random_pair:    two distinct random candidates, ordered by r_self (the paper's (y, y') ~ pi_base)  -> 0 or 1 pair
+    random_pairs:   the candidates shuffled and paired off, each pair so ordered: N // 2 independent pairs of
+                    independent samples, the theory's pairs, as many as N samples give    -> up to N // 2 pairs
+    Pairs whose two candidates score the same are left out: there is no preference to learn.
     """
     if len(candidates) < 2:
         return []
     rewards = self_rewards(selector, candidates, answers)
-    if strategy == "random_pair":
-        first, second = rng.sample(range(len(candidates)), 2)
-        if rewards[first] == rewards[second]:
-            return []
-        return [(first, second) if rewards[first] > rewards[second] else (second, first)]
+    if strategy in ("random_pair", "random_pairs"):
+        order = rng.sample(range(len(candidates)), len(candidates) if strategy == "random_pairs" else 2)
+        pairs = []
+        for first, second in zip(order[0::2], order[1::2]):
+            if rewards[first] != rewards[second]:
+                pairs.append((first, second) if rewards[first] > rewards[second] else (second, first))
+        return pairs
     best = select(selector, candidates, answers)  # the `bon` decoder's pick, ties included
     lower = [i for i in range(len(candidates)) if rewards[i] < rewards[best]]
     if not lower:

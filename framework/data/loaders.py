@@ -98,9 +98,10 @@ class ArithDatasetConfig(DatasetConfig):
     multiplier_max: int = 3  # for the `mul` operation
     operations: list[str] = field(default_factory=lambda: ["add", "sub"])  # any of add, sub, mul
     distractors_max: int = 1  # sentences about another person per problem, drawn from [0, distractors_max]
-    solution_order: str = "story"  # the demonstration's order of the changes: story (the question's) | any (a random valid one)
-    commute_additions: float = 0.0  # probability that the demonstration writes an addition amount first
-    heldout_size: int = 0  # unlabelled problems in neither split: the pool label-free methods may sharpen on
+    # version 3: several correct solutions a problem (RFT's premise), the demonstration one of them at random
+    solution_order: str = "any"  # the demonstration's order of the changes: story (the question's) | any (a random valid one)
+    commute_additions: float = 0.5  # probability that the demonstration writes an addition amount first
+    heldout_size: int = 256  # problems in neither split: the pool label-free methods may sharpen on (prompts only)
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
