@@ -3,5 +3,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+_PACKAGE = Path(__file__).resolve().parent
+# The directory holding conf/ (the Hydra configs) and sweeps/ (the sweeps a user launches): the repository in a
+# checkout or an editable install; an installed wheel carries both inside the package (pyproject.toml maps them to
+# framework/conf and framework/sweeps), since top-level folders named conf and sweeps do not belong in site-packages.
+ROOT = _PACKAGE if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent
 # the Hydra config directory: the launcher's `config_path`, and what the report composes W&B agents' runs with
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(ROOT / "conf")
+# the config group `sweeps` (sweeps=<name>), with the W&B sweep specs in its wandb/
+SWEEPS_DIR = ROOT / "sweeps"
+
+# conf/config.yaml puts ROOT on Hydra's search path (hydra.searchpath: file://${framework.root:}), which is how
+# Hydra finds the group sweeps/ outside conf/ from any working directory; Hydra's `--help` lists only the groups
+# of conf/, so its template names the sweeps with ${framework.sweeps:}. Registered on import, as every composer
+# (the launcher, the report's W&B reader, the tests) takes CONF_DIR from here.
+OmegaConf.register_new_resolver("framework.root", lambda: str(ROOT), replace=True)
+OmegaConf.register_new_resolver(
+    "framework.sweeps", lambda: ", ".join(sorted(path.stem for path in SWEEPS_DIR.glob("*.yaml"))), replace=True)

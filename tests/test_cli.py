@@ -99,6 +99,19 @@ def test_multirun_writes_one_result_per_job_and_a_table(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_preset_runs_from_another_directory(tmp_path):
+    """The README's `python -m framework -m sweeps=headline`, launched outside the repository (Hydra finds
+    sweeps/ by the absolute path in conf/config.yaml); its grid pinned to one cheap job on the command line,
+    which Hydra's sweeper lets win over the sweep file's values, while the file still sets the experiment."""
+    result = launch(["-m", "sweeps=headline", "seed=0", "algorithm=none", "decoder=greedy", *FAST,
+                     "hydra.sweep.dir=sweep"], tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [path.parent for path in (tmp_path / "sweep").glob("*/results.json")]
+    assert len(jobs) == 1
+    assert "experiment=headline" in (jobs[0] / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.slow
 def test_killed_training_resumes_with_the_same_command(tmp_path):
     cache = tmp_path / "cache"
     args = [*FAST, "algorithm.max_steps=60", "algorithm.save_steps=5", "algorithm.per_device_train_batch_size=8",

@@ -9,6 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from framework.__main__ import CONF_DIR, composition_error_line
+from framework.paths import SWEEPS_DIR
 from framework.config import refuse_unknown_keys, to_validated
 from framework.errors import ConfigError
 
@@ -99,12 +100,36 @@ def test_the_cfg_job_check_shows_the_papers_learning_rate_and_512_new_tokens():
     assert config.algorithm.learning_rate == 1e-5 and config.decoder.max_new_tokens == 512
 
 
-SWEEPS_DIR = Path(CONF_DIR) / "sweeps"
 SWEEPS = sorted(path.stem for path in SWEEPS_DIR.glob("*.yaml"))
 
 
 def test_the_documented_sweep_files_exist():
     assert {"compare", "soc_beam_widths", "search_sft"} <= set(SWEEPS)
+
+
+def _compose_with_hydra(overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def test_a_sweep_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """sweeps/ sits beside conf/, on Hydra's search path by an absolute path: a relative one would find it only
+    from the repository root."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _compose_with_hydra(["sweeps=headline"])
+    assert cfg.hydra.sweeper.params.experiment == "headline"
+    assert cfg.hydra.runtime.choices.sweeps == "headline"
+
+
+def test_help_lists_every_sweep():
+    """Hydra's --help lists only conf/'s groups (not hydra.searchpath's), so conf/config.yaml's help template
+    names the sweeps itself, on the line after Hydra's group list."""
+    template = _compose_with_hydra([]).hydra.help.template
+    assert "${APP_CONFIG_GROUPS}sweeps: " + ", ".join(SWEEPS) + " " in template
 
 
 @pytest.mark.slow
@@ -114,7 +139,7 @@ def test_every_sweep_file_composes_with_every_swept_value(compose_cfg, sweep):
     space's interval is checked at both ends."""
     to_validated(compose_cfg([f"sweeps={sweep}"]))
     params = _sweep_params(sweep)
-    assert params, f"conf/sweeps/{sweep}.yaml sets no hydra.sweeper.params"
+    assert params, f"sweeps/{sweep}.yaml sets no hydra.sweeper.params"
     for override in OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]):
         key = override.get_key_element()
         for value in _swept_values(override):

@@ -1,4 +1,4 @@
-"""The hyperparameter-search preset (conf/sweeps/search_sft.yaml): Optuna's sweeper maximising the accuracy the
+"""The hyperparameter-search preset (sweeps/search_sft.yaml): Optuna's sweeper maximising the accuracy the
 launcher returns, over keys the chosen method's schema has; and a real two-trial search with its report."""
 import subprocess
 import sys

@@ -1,7 +1,6 @@
-"""W&B sweep specs (launch/wandb/*.yaml): every grid point composes and validates as the Hydra overrides a
-W&B agent would pass, and each spec runs the same grid as the Hydra sweep file (conf/sweeps/) it mirrors."""
+"""W&B sweep specs (sweeps/wandb/*.yaml): every grid point composes and validates as the Hydra overrides a
+W&B agent would pass, and each spec runs the same grid as the Hydra sweep file (sweeps/<name>.yaml) it mirrors."""
 import itertools
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,9 +14,9 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 from framework import registry
 from framework.__main__ import CONF_DIR
 from framework.config import to_validated
+from framework.paths import SWEEPS_DIR
 
-SWEEPS_DIR = Path(CONF_DIR) / "sweeps"
-SPECS_DIR = Path(__file__).resolve().parent.parent / "launch" / "wandb"
+SPECS_DIR = SWEEPS_DIR / "wandb"
 SPECS = sorted(path.stem for path in SPECS_DIR.glob("*.yaml"))
 HYDRA_SWEEPS = sorted(path.stem for path in SWEEPS_DIR.glob("*.yaml"))
 # Hydra sweeps that deliberately have no W&B counterpart: name -> why
@@ -47,7 +46,7 @@ def agent_overrides(run: dict) -> list[str]:
 
 def test_every_hydra_sweep_has_a_wandb_spec():
     missing = set(HYDRA_SWEEPS) - set(SPECS) - WITHOUT_WANDB_SPEC.keys()
-    assert not missing, f"add launch/wandb/<name>.yaml for {sorted(missing)} (or list them in WITHOUT_WANDB_SPEC)"
+    assert not missing, f"add sweeps/wandb/<name>.yaml for {sorted(missing)} (or list them in WITHOUT_WANDB_SPEC)"
 
 
 def test_sweeps_listed_without_a_spec_exist_and_have_none():
@@ -67,7 +66,7 @@ def test_spec_runs_the_launcher_with_hydra_overrides(name):
 
 @pytest.mark.parametrize("name", SPECS)
 def test_spec_grid_is_the_hydra_sweep_grid(name):
-    """Same swept keys and values as conf/sweeps/<name>.yaml's hydra.sweeper.params (parsed by Hydra)."""
+    """Same swept keys and values as sweeps/<name>.yaml's hydra.sweeper.params (parsed by Hydra)."""
     params = OmegaConf.select(OmegaConf.load(SWEEPS_DIR / f"{name}.yaml"), "hydra.sweeper.params", default={})
     hydra_grid = {}
     for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()]):
@@ -76,7 +75,7 @@ def test_spec_grid_is_the_hydra_sweep_grid(name):
         hydra_grid[override.get_key_element()] = values
     swept = {key: [str(v) for v in spec.get("values", [spec.get("value")])]
              for key, spec in load_spec(name)["parameters"].items() if "values" in spec or key in hydra_grid}
-    assert swept == hydra_grid, f"launch/wandb/{name}.yaml no longer sweeps what conf/sweeps/{name}.yaml does"
+    assert swept == hydra_grid, f"sweeps/wandb/{name}.yaml no longer sweeps what sweeps/{name}.yaml does"
 
 
 @pytest.mark.slow
