@@ -8,9 +8,11 @@ before job 1 refused -5. Here every job of every batch is composed and validated
 and the first bad one is refused in one line naming its overrides and the key: nothing runs, no sweep
 directory is made.
 
-Hydra instantiates sweepers only from its `hydra_plugins` namespace, so the class Hydra sees is a one-line
-subclass in hydra_plugins/framework_sweeper/ (installed with this package); conf/config.yaml selects it
-(`hydra/sweeper: checked`). The Optuna sweeper (sweeps=search_sft) draws its trials one at a time from the
+Hydra instantiates sweepers only from its `hydra_plugins` namespace, so the class Hydra sees is defined in
+hydra_plugins/framework_sweeper/ (installed with this package) from the mixin here and Hydra's BasicSweeper;
+conf/default_sweeper.yaml selects it (`hydra/sweeper: checked`). (A mixin, not a subclass: Hydra's plugin scan
+executes basic_sweeper.py again, which makes a new BasicSweeper class; the plugin module, scanned after it,
+subclasses that one.) The Optuna sweeper (sweeps=search_sft) draws its trials one at a time from the
 results before them, so its grid is not known in advance: each trial is checked when it starts.
 """
 from __future__ import annotations
@@ -20,10 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import open_dict, read_write
+from omegaconf import OmegaConf, open_dict, read_write
 
 from framework.errors import ConfigError, composition_error_line
 from framework.help import refuse_schema_choices
@@ -52,7 +54,7 @@ def _split(override: str) -> tuple[str, str]:
 def job_labels(jobs: Sequence[Sequence[str]], groups: set[str]) -> list[str]:
     """Each job's swept values that differ among `jobs`, short and filesystem-safe: a config group's option by
     its name (`sft`), any other key by its last part and value (`test_size=-5`; the whole key where two swept
-    keys share a last part). `groups`: the config groups' names (`algorithm`, `decoder`, ...)."""
+    keys share a last part), a path by its last part. `groups`: the config groups' names (`algorithm`, ...)."""
     values: dict[str, set[str]] = {}
     for job in jobs:
         for override in job:
@@ -68,6 +70,8 @@ def job_labels(jobs: Sequence[Sequence[str]], groups: set[str]) -> list[str]:
             if key not in varying:
                 continue
             short = key.rsplit(".", 1)[-1]
+            if "/" in value.strip("/"):  # a path: its last part tells the jobs apart
+                value = value.rstrip("/").rsplit("/", 1)[-1]
             parts.append(value if key in groups else f"{short if last.count(short) == 1 else key}={value}")
         label = UNSAFE.sub("-", "_".join(parts)).strip("-")
         if len(label) > MAX_NAME_CHARACTERS:  # keep it unique: the digest of what was cut
@@ -83,8 +87,9 @@ def _differing(job: Sequence[str], jobs: Sequence[Sequence[str]]) -> str:
     return " ".join(override for override in job if override not in common) or " ".join(job)
 
 
-class CheckedSweeperBase(BasicSweeper):
-    """BasicSweeper that composes and validates every job of the grid before launching the first."""
+class CheckedSweeperMixin:
+    """For Hydra's BasicSweeper: compose and validate every job of the grid before launching the first, and name
+    each job's directory for its swept values."""
 
     def __init__(self, max_batch_size: Optional[int], params: Optional[dict] = None, name_job_dirs: bool = True):
         super().__init__(max_batch_size=max_batch_size, params=params)
@@ -98,7 +103,8 @@ class CheckedSweeperBase(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size) for job in batch]
         self.check_jobs(jobs)
-        own_subdir = any(str(item).startswith("hydra.sweep.subdir=") for item in self.config.hydra.overrides.hydra)
+        hydra_overrides = OmegaConf.to_container(self.config.hydra.overrides.hydra)  # unresolved: they may hold ${}
+        own_subdir = any(str(item).startswith("hydra.sweep.subdir=") for item in hydra_overrides)
         if self.name_job_dirs and not own_subdir:
             groups = {str(group).split("@")[0] for group in self.config.hydra.runtime.choices}
             labels = job_labels(jobs, groups)

@@ -249,6 +249,45 @@ def test_trainer_fields_are_checked_against_the_trl_config_class(compose_cfg, al
         to_validated(compose_cfg([f"algorithm={algorithm}", override]))
 
 
+@pytest.mark.parametrize("algorithm, overrides, message", [
+    ("sft", ["+algorithm.trainer.optim=adafactorr"],
+     "algorithm.trainer.optim is not a valid OptimizerNames (did you mean adafactor?); one of adamw_torch, "),
+    ("xpo", ["+algorithm.trainer.lr_scheduler_kwargs={power: 2.0}", "+algorithm.trainer.optim=sgdd"],
+     "algorithm.trainer.optim is not a valid OptimizerNames (did you mean sgd?)"),
+    ("self_explore", ["+algorithm.rft.trainer.optim=adamw"], "algorithm.rft.trainer.optim is not a valid OptimizerNames"),
+    ("sft", ["+algorithm.trainer.load_best_model_at_end=true"],
+     "algorithm.trainer.load_best_model_at_end is refused by the trainer's config: --load_best_model_at_end requires"),
+    # refused together only: no single key is at fault, so the node is named with both values
+    ("dpo", ["+algorithm.trainer.fp16=true", "+algorithm.trainer.bf16=true"],
+     "algorithm.trainer is refused by the trainer's config: At most one of fp16 and bf16 can be True"),
+])
+def test_a_bad_trainer_value_is_refused_before_anything_is_built_naming_its_key(compose_cfg, algorithm, overrides,
+                                                                               message):
+    """The TRL config class judges the values under `trainer` at validation, as it would when the trainer is made
+    (after the W&B run has started and the model has loaded)."""
+    with pytest.raises(ConfigError) as error:
+        to_validated(compose_cfg([f"algorithm={algorithm}", *overrides]))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("value", ["bf16=true", "tf32=true", "optim=adamw_torch_fused", "dataloader_pin_memory=true"])
+def test_trainer_values_fine_on_another_machine_are_not_judged_on_this_one(compose_cfg, monkeypatch, value):
+    """bf16 without a bf16 GPU and tf32 without an Ampere GPU are refused by TrainingArguments on this CPU, but a
+    sweep is checked where it is launched (a login node) for jobs that run on GPUs: only the values are judged,
+    without setting up a device (accelerate's process state is never touched)."""
+    import accelerate.state
+
+    set_up, original = [], accelerate.state.PartialState.__init__
+
+    def recorded(self, *args, **kwargs):
+        set_up.append(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.state.PartialState, "__init__", recorded)
+    config = to_validated(compose_cfg([f"+algorithm.trainer.{value}"])).algorithm
+    assert value.split("=")[0] in config.trainer and set_up == []
+
+
 def test_a_trainer_field_reaches_the_trl_config(tmp_path):
     from types import SimpleNamespace
 
