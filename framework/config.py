@@ -494,9 +494,6 @@ def register_base_schemas() -> None:
     store.store(name="run_schema", node=RunConfig)
     register_schema("logger", "wandb", WandbLoggerConfig)
     register_schema("logger", "none", NoLoggerConfig)
-    # hydra/sweeper=checked (conf/default_sweeper.yaml): also registered when Hydra's plugin scan imports the
-    # sweeper; here too, so that a single run composes where the hydra_plugins package is missing
-    from framework import sweeper  # noqa: F401
     _BASE_REGISTERED = True
 
 

@@ -63,7 +63,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding f
 # code fingerprints, so that editing them does not throw every cached model away.
 INFRASTRUCTURE = ("framework.stages", "framework.distributed", "framework.registry", "framework.errors",
                   "framework.tracking", "framework.results", "framework.paths", "framework.console",
-                  "framework.checkpoints")
+                  "framework.checkpoints", "framework.sweeper", "framework.help")
 # the libraries whose code computes stage outputs (training loops, losses, generation, answer checking)
 COMPUTING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "math-verify")
 
