@@ -139,6 +139,8 @@ def check_trainer_values(trainer: dict, target: str, prefix: str, own_values: di
     raise ConfigError for what it refuses, naming the `trainer` key at fault. Only the user's values are
     judged: whatever the build refuses without them (this machine, the environment) is left to the run."""
     judged = {key: value for key, value in trainer.items() if key not in MACHINE_CHECKED_TRAINER_FIELDS}
+    known = trl_config_fields(target)
+    own_values = {key: value for key, value in own_values.items() if key in known}  # a plugin's class may lack one
     if not judged or _build_trial(target, own_values) is not None:
         return
     error = _build_trial(target, {**own_values, **judged})

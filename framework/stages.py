@@ -8,7 +8,7 @@ output, the code that computes it). Inside:
     stage.json     written last: the spec and metadata; its presence means "done"
 
 A file lock per stage makes concurrent sweep jobs that need the same stage wait for one computation
-instead of racing; `stages.reuse=false` recomputes and overwrites. (The `filelock` package does the
+instead of racing (a run that waits says so after LOCK_NOTICE_SECONDS); `stages.reuse=false` recomputes and overwrites. (The `filelock` package does the
 locking; it is the lock huggingface_hub and datasets already use.)
 
 Several processes of one job (`accelerate launch`, `torchrun`; see framework/distributed.py):

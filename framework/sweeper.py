@@ -81,9 +81,8 @@ def job_labels(jobs: Sequence[Sequence[str]], groups: set[str]) -> list[str]:
     return labels
 
 
-def _differing(job: Sequence[str], jobs: Sequence[Sequence[str]]) -> str:
-    """The overrides of `job` that not every job of the sweep shares (all of them for a sweep of one)."""
-    common = set.intersection(*(set(other) for other in jobs)) if len(jobs) > 1 else set()
+def _differing(job: Sequence[str], common: set[str]) -> str:
+    """The overrides of `job` that not every job of the sweep shares (`common`), else all of them."""
     return " ".join(override for override in job if override not in common) or " ".join(job)
 
 
@@ -119,8 +118,9 @@ class CheckedSweeperMixin:
 
         from framework.job import check
 
+        common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
         for number, job in enumerate(jobs):
-            where = f"sweep job {number} of {len(jobs)} ({_differing(job, jobs)})"
+            where = f"sweep job {number} of {len(jobs)} ({_differing(job, common)})"
             try:
                 config = self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
                                                                              sweep_overrides=list(job))

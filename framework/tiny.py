@@ -26,8 +26,8 @@ TINY_VERSION = 2  # 2: the version-2 task (distractors, smaller numbers) in the 
 PRETRAIN_SPEC = arith.ArithSpec(min_steps=2, max_steps=4, start_max=20, operand_max=10, value_max=50,
                                 multiplier_max=3, operations=("add", "sub"), distractors_max=1)
 
-# Checkpoints per pretraining run (every max_steps // this optimizer steps; the default 1500 steps: every 75, ~7 s
-# on 2 CPU cores): an interrupted first run resumes near where it stopped
+# Checkpoints per pretraining run (every max_steps // this optimizer steps; the default 1500 steps, about 2 min 10 s
+# on 2 CPU cores: every 75): an interrupted first run resumes near where it stopped
 PRETRAIN_CHECKPOINTS = 20
 
 SPACE = "\u2581"  # the Metaspace marker: a token that follows a space starts with it

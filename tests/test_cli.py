@@ -194,7 +194,7 @@ def test_killed_base_pretraining_resumes_and_equals_an_uninterrupted_run(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     step = int(log.split("resuming base-tiny pretraining from ")[1].split("checkpoint-")[1].split()[0])
-    assert 10 <= step < 40
+    assert 8 <= step < 40  # checkpoint-10 appeared before the kill; a save cut short falls back to checkpoint-8
     uninterrupted = launch([*args[:-1], "hydra.run.dir=run2"], tmp_path / "cache2", tmp_path)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     first, = cache.glob("base-tiny/*/output/model.safetensors")
