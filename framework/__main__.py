@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 # Before any Hugging Face import: no telemetry pings (TRL sends one per trainer) on offline machines.
@@ -19,11 +18,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from framework import registry  # noqa: E402
-from framework.config import GROUP_BASES, unknown_key_message  # noqa: E402
-from framework.errors import ConfigError  # noqa: E402
+from framework import console, registry  # noqa: E402
+from framework.config import GROUP_BASES  # noqa: E402
+from framework.errors import ConfigError, composition_error_line  # noqa: E402
+from framework.help import refuse_schema_choices, register_resolver  # noqa: E402
 from framework.job import run  # noqa: E402
 from framework.paths import CONF_DIR  # noqa: E402
+
+register_resolver()  # --help's listing (conf/config.yaml, hydra.help.template); here, where every launcher imports
 
 
 def _hydra_context() -> tuple[Path, str | None, list[str]]:
@@ -37,10 +39,20 @@ def _hydra_context() -> tuple[Path, str | None, list[str]]:
     return output_dir, group, list(hydra_config.overrides.task)
 
 
+# the job this process is running (its output directory), for the line a Ctrl-C prints
+_current_job: Path | None = None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_entry(cfg: DictConfig) -> float:
+    global _current_job
+    from hydra.core.hydra_config import HydraConfig
+
+    console.quiet()  # again: a submitit job runs in a fresh process, where main() never ran
     output_dir, group, overrides = _hydra_context()
+    _current_job = output_dir
     try:
+        refuse_schema_choices(HydraConfig.get().runtime.choices)
         return run(cfg, output_dir, group, overrides)["metrics"]["accuracy"]
     except ConfigError as error:
         if group is not None:  # in a sweep: fail this job only; Hydra runs the others and reports it
@@ -72,41 +84,23 @@ def _raised_in_job(error: BaseException) -> bool:
     return False
 
 
-def _one_line(text: str) -> str:
-    """Hydra's message without its search-path listing, on one line."""
-    return " ".join(line.strip() for line in text.split("Config search path:")[0].splitlines() if line.strip())
-
-
-def composition_error_line(error: Exception) -> str:
-    """One line for what Hydra refuses while composing: an unknown option, an unknown key, a wrong type,
-    an override it cannot parse."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-    cause = error.__cause__
-    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
-        group, _, option = error.missing_cfg_file.rpartition("/")
-        available = [name for name in error.options if not name.endswith("_schema")]  # building blocks, not options
-        return f"{group}={option}: no such option; available: {', '.join(available)}"
-    if isinstance(error, OverrideParseException):
-        return f"{error.override}: cannot parse this override ({_one_line(error.message)})"
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        schema = getattr(cause, "object_type", None)
-        if schema is dict and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a free-form node
-            return (f"{cause.full_key}: new keys of this free-form node are added with `+`: "
-                    f"+{cause.full_key}=<value>")
-        known = {item.name for item in fields(schema)} if is_dataclass(schema) else None
-        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and known is not None and cause.key not in known:
-            parent = getattr(cause, "parent_node", None)
-            root = parent._get_root() if parent is not None else None  # holds the chosen options' names
-            return unknown_key_message(root, cause.full_key, schema)
-        return f"{cause.full_key}: {str(cause.msg).splitlines()[0]}"  # later lines repeat the key and type
-    return _one_line(f"{error} {cause or ''}")
-
-
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def _interrupted_lines() -> str:
+    """What a Ctrl-C stopped (the job, the stages open or the lock waited for) and how to go on."""
+    from framework import stages
+
+    where = []
+    if _current_job is not None:
+        job = _current_job.relative_to(Path.cwd()) if _current_job.is_relative_to(Path.cwd()) else _current_job
+        where.append(f"job {job}")
+    where += stages.interrupted[-1:]  # the innermost: what was running
+    place = ", ".join(where) if where else "before the first job started"
+    return (f"stopped (Ctrl-C): {place}.\n"
+            "The same command resumes: finished stages are reused, and training goes on from its last checkpoint.")
 
 
 def main() -> None:
@@ -114,12 +108,26 @@ def main() -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     _refuse_emptied_groups(sys.argv[1:])
-    registry.load_plugins()  # registers every schema in the ConfigStore before Hydra composes
+    try:
+        console.quiet()
+        registry.load_plugins()  # registers every schema in the ConfigStore before Hydra composes
+    except KeyboardInterrupt:
+        print(f"\n{_interrupted_lines()}", file=sys.stderr, flush=True)
+        sys.exit(130)
     traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for Hydra's full traces
     # Hydra prints its own errors over several lines unless this is set; then it re-raises, and we print one
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_entry()
+    except KeyboardInterrupt:  # no traceback: where it stopped and how to go on; 130, as a shell reports SIGINT
+        if traceback_wanted:
+            raise
+        from framework.report.callback import write_pending_reports
+
+        console.close_progress_bars()
+        write_pending_reports(brief=True)  # a sweep's report of its finished jobs, named in one line
+        print(f"\n{_interrupted_lines()}", file=sys.stderr, flush=True)
+        sys.exit(130)
     except ConfigError as error:  # a sweep job's bad value, raised once the sweep's other jobs have run
         if traceback_wanted:
             raise

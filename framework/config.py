@@ -63,8 +63,11 @@ def trl_config_fields(target: str) -> frozenset[str]:
     return frozenset(item.name for item in fields(getattr(importlib.import_module(module), name)))
 
 
-def check_trainer_fields(trainer: dict, target: str, prefix: str, own_keys: list[str]) -> None:
-    """`trainer` may set any field of the TRL config class except those the framework sets itself."""
+def check_trainer_fields(trainer: dict, target: str, prefix: str, own_keys: list[str],
+                         own_values: dict | None = None) -> None:
+    """`trainer` may set any field of the TRL config class except those the framework sets itself; its values
+    are then judged by building that class (`check_trainer_values`), so a bad one fails here, not after the
+    model has loaded."""
     if not trainer:
         return
     known = trl_config_fields(target)
@@ -75,6 +78,79 @@ def check_trainer_fields(trainer: dict, target: str, prefix: str, own_keys: list
                 trainer[key])
         require(key not in FRAMEWORK_TRAINER_FIELDS, f"{prefix}.{key}",
                 "is set by the framework (from the run, the model or the method's own keys)", trainer[key])
+    check_trainer_values(trainer, target, prefix, own_values or {})
+
+
+# Fields whose checks in TrainingArguments depend on the machine that runs the job (its GPU's TF32 support, an
+# installed DeepSpeed): a sweep is checked where it is launched, a login node say, so the trainer judges these.
+MACHINE_CHECKED_TRAINER_FIELDS = ("tf32", "deepspeed")
+
+
+@functools.lru_cache(maxsize=None)
+def _trial_config_class(target: str) -> type:
+    """The TRL config class named `module:Class`, minus its device set-up: building TrainingArguments starts
+    accelerate's process state for the device (and resets it), which a check must neither do nor depend on."""
+    import torch
+
+    module, _, name = target.partition(":")
+    base = getattr(importlib.import_module(module), name)
+
+    class Trial(base):  # inherits the dataclass's fields, __init__ and __post_init__ checks
+        @functools.cached_property
+        def _setup_devices(self):
+            self._n_gpu = 0
+            return torch.device("cpu")
+
+    return Trial
+
+
+def _build_trial(target: str, values: dict) -> Exception | None:
+    """The error building `target` from `values` raises, or None. Training on the CPU in full precision: the
+    precision flags and the device are the run's (the framework sets them), not the user's to be judged on."""
+    import warnings
+
+    arguments = {"output_dir": "unused", "report_to": "none", "use_cpu": True, "bf16": False, "fp16": False,
+                 **values}
+    with warnings.catch_warnings():  # deprecations of the library's own defaults; the run shows the user's
+        warnings.simplefilter("ignore")
+        try:
+            _trial_config_class(target)(**arguments)
+        except Exception as error:  # TrainingArguments raises ValueError, TypeError, ImportError, ...
+            return error
+    return None
+
+
+def _error_line(error: Exception) -> str:
+    """A library's refusal on one line; for an enum (optim, lr_scheduler_type, ...) the closest valid value."""
+    import re
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    enum = re.fullmatch(r"(.+?) is not a valid (\w+), please select one of \[(.*)\]\.?", text)
+    if enum:
+        value, kind, options = enum.group(1), enum.group(2), [o.strip(" '\"") for o in enum.group(3).split(",")]
+        close = difflib.get_close_matches(value, options, n=1)
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        return f"is not a valid {kind}{guess}; one of {', '.join(options)}"
+    return f"is refused by the trainer's config: {text}"
+
+
+def check_trainer_values(trainer: dict, target: str, prefix: str, own_values: dict) -> None:
+    """Build the TRL config class from the node's own TrainingArguments keys (`own_values`) and `trainer` and
+    raise ConfigError for what it refuses, naming the `trainer` key at fault. Only the user's values are
+    judged: whatever the build refuses without them (this machine, the environment) is left to the run."""
+    judged = {key: value for key, value in trainer.items() if key not in MACHINE_CHECKED_TRAINER_FIELDS}
+    known = trl_config_fields(target)
+    own_values = {key: value for key, value in own_values.items() if key in known}  # a plugin's class may lack one
+    if not judged or _build_trial(target, own_values) is not None:
+        return
+    error = _build_trial(target, {**own_values, **judged})
+    if error is None:
+        return
+    for key, value in judged.items():  # the key that fails on its own, else the combination
+        alone = _build_trial(target, {**own_values, key: value})
+        if alone is not None:
+            raise ConfigError(f"{prefix}.{key} {_error_line(alone)} (got {value!r})")
+    raise ConfigError(f"{prefix} {_error_line(error)} (got {judged!r})")
 
 @dataclass
 class TrainingConfig(Validated):
@@ -118,7 +194,12 @@ class TrainingConfig(Validated):
         require(0 <= self.warmup_ratio < 1, f"{prefix}.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
         require(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
         require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", "must be > 0", self.max_grad_norm)
-        check_trainer_fields(self.trainer, self.TRL_CONFIG, f"{prefix}.trainer", [item.name for item in fields(self)])
+        own = [item.name for item in fields(self)]
+        # the node's keys that are TrainingArguments fields, as training.trainer_arguments hands them over
+        own_values = {item.name: getattr(self, item.name) for item in fields(TrainingConfig)
+                      if item.name not in ("trainer", "warmup_ratio")}
+        own_values["warmup_steps"] = self.warmup_ratio
+        check_trainer_fields(self.trainer, self.TRL_CONFIG, f"{prefix}.trainer", own, own_values)
 
 
 @dataclass

@@ -16,12 +16,12 @@ The compute panel reads `compute/train_tokens`, which the launcher logs to the r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
+from framework.errors import OneLineArgumentParser
 from framework.results import JobResult
 
 DEFAULT_PROJECT = "reasoning-posttrain"
@@ -98,8 +98,26 @@ def workspace_spec(workspace) -> dict:
     return workspace._to_model().model_dump(by_alias=True, exclude_none=True)
 
 
+def _argument_problem(args) -> str | None:
+    """One line for an argument that names nothing or cannot be written to; None when all are usable."""
+    for flag, value in (("group", args.group), ("--entity", args.entity), ("--project", args.project)):
+        if not value.strip():
+            return f"{flag}: empty name"
+    if args.sweep_dir is not None:
+        if not args.sweep_dir.is_dir():
+            return f"--sweep-dir {args.sweep_dir} is not a directory"
+        if not any(args.sweep_dir.rglob("results.json")):
+            return f"--sweep-dir {args.sweep_dir} holds no job's results.json (a multirun directory holds one per job)"
+    if args.spec_out is not None:
+        if args.spec_out.is_dir():
+            return f"--spec-out {args.spec_out} is a directory; give a file name"
+        if not args.spec_out.parent.is_dir():
+            return f"--spec-out {args.spec_out}: no directory {args.spec_out.parent}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m framework.dashboard", description=__doc__.splitlines()[0])
     parser.add_argument("group", help="the W&B group of the sweep's runs (a multirun: its directory name)")
     parser.add_argument("--entity", required=True, help="W&B entity (user or team) owning the project")
     parser.add_argument("--project", default=DEFAULT_PROJECT)
@@ -107,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec-out", type=Path, help="write the workspace's JSON spec here (offline)")
     parser.add_argument("--save", action="store_true", help="create the workspace on W&B (online only)")
     args = parser.parse_args(argv)
+    problem = _argument_problem(args)  # before the workspace is built or anything written
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     sizes = (bon_sizes_from_sweep(args.sweep_dir) if args.sweep_dir else ()) or DEFAULT_BON_SIZES
     workspace = build_workspace(args.group, args.entity, args.project, sizes)
     for section in workspace.sections:

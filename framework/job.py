@@ -174,6 +174,19 @@ def _evaluate_control(settings, control, start, data, decoder, stages, runtime, 
     return ControlSummary(policy=control.fingerprint, metrics=metrics, dir=str(directory))
 
 
+def check(cfg: DictConfig):
+    """The composed config, validated (a RunConfig): what every job checks first and a sweep checks for each of
+    its jobs before the first runs (framework/sweeper.py). ConfigError, naming the key, on any bad value."""
+    # idempotent; needed where a launcher (submitit) starts the job from a pickle and main() never ran
+    registry.load_plugins()
+    settings = to_validated(cfg)
+    unknown = sorted(set(settings.evaluation.control_decoders) - set(registry.decoders.names()))
+    if unknown:  # here, not in the schema: the decoder registry imports framework.config
+        raise ConfigError(f"evaluation.control_decoders: {', '.join(unknown)} is no decoder; "
+                          f"available: {', '.join(registry.decoders.names())}")
+    return settings
+
+
 def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: list[str] | None = None) -> dict:
     """One job. Returns its JobResult as a dict (also written to `output_dir/results.json`)."""
     from transformers import set_seed
@@ -185,13 +198,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     from framework.stages import StageStore
 
     started = time.time()
-    # idempotent; needed where a launcher (submitit) starts the job from a pickle and main() never ran
-    registry.load_plugins()
-    settings = to_validated(cfg)  # ConfigError on any bad value, before anything is built
-    unknown = sorted(set(settings.evaluation.control_decoders) - set(registry.decoders.names()))
-    if unknown:  # here, not in the schema: the decoder registry imports framework.config
-        raise ConfigError(f"evaluation.control_decoders: {', '.join(unknown)} is no decoder; "
-                          f"available: {', '.join(registry.decoders.names())}")
+    settings = check(cfg)  # ConfigError on any bad value, before anything is built
     distributed.check_device(settings.device)  # ConfigError: cuda:N would put every process on one GPU
     runtime = resolve_runtime(settings.device, settings.model.precision)
     distributed.setup(cpu=runtime.device == "cpu")  # joins accelerate's/torchrun's process group; alone: nothing

@@ -16,9 +16,7 @@ CONF_DIR = str(ROOT / "conf")
 SWEEPS_DIR = ROOT / "sweeps"
 
 # conf/config.yaml puts ROOT on Hydra's search path (hydra.searchpath: file://${framework.root:}), which is how
-# Hydra finds the group sweeps/ outside conf/ from any working directory; Hydra's `--help` lists only the groups
-# of conf/, so its template names the sweeps with ${framework.sweeps:}. Registered on import, as every composer
-# (the launcher, the report's W&B reader, the tests) takes CONF_DIR from here.
+# Hydra finds the group sweeps/ outside conf/ from any working directory (--help lists them from SWEEPS_DIR:
+# framework/help.py). Registered on import, as every composer (the launcher, the report's W&B reader, the tests)
+# takes CONF_DIR from here.
 OmegaConf.register_new_resolver("framework.root", lambda: str(ROOT), replace=True)
-OmegaConf.register_new_resolver(
-    "framework.sweeps", lambda: ", ".join(sorted(path.stem for path in SWEEPS_DIR.glob("*.yaml"))), replace=True)

@@ -87,6 +87,9 @@ def load_plugins() -> None:
     from framework.config import register_base_schemas
 
     register_base_schemas()
+    # hydra/sweeper=checked (conf/default_sweeper.yaml): registered when Hydra's plugin scan imports the sweeper,
+    # and here too, so that a single run still composes where the hydra_plugins package is not installed
+    importlib.import_module("framework.sweeper")
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
     package = importlib.import_module(ALGORITHMS_PACKAGE)

@@ -8,7 +8,7 @@ output, the code that computes it). Inside:
     stage.json     written last: the spec and metadata; its presence means "done"
 
 A file lock per stage makes concurrent sweep jobs that need the same stage wait for one computation
-instead of racing; `stages.reuse=false` recomputes and overwrites. (The `filelock` package does the
+instead of racing (a run that waits says so after LOCK_NOTICE_SECONDS); `stages.reuse=false` recomputes and overwrites. (The `filelock` package does the
 locking; it is the lock huggingface_hub and datasets already use.)
 
 Several processes of one job (`accelerate launch`, `torchrun`; see framework/distributed.py):
@@ -39,6 +39,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -49,9 +50,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from framework import __version__, distributed
+
+log = logging.getLogger(__name__)
 
 DONE_MARKER = "stage.json"
 PACKAGE = "framework"
@@ -59,7 +62,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding f
 # Modules that store, lock, dispatch and log stages but compute no output: left out of (and not followed by)
 # code fingerprints, so that editing them does not throw every cached model away.
 INFRASTRUCTURE = ("framework.stages", "framework.distributed", "framework.registry", "framework.errors",
-                  "framework.tracking", "framework.results", "framework.paths")
+                  "framework.tracking", "framework.results", "framework.paths", "framework.console",
+                  "framework.checkpoints", "framework.sweeper", "framework.help")
 # the libraries whose code computes stage outputs (training loops, losses, generation, answer checking)
 COMPUTING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "math-verify")
 
@@ -167,6 +171,19 @@ COLLECTIVE = "collective"  # every process runs the block (training); the main p
 READER = "reader"          # a non-main process handed a main-only stage the main process has finished
 
 
+# What this process is doing with stages, for the launcher's line after a Ctrl-C: the stages open now (innermost
+# last), and the stages open, or the lock waited for, when a KeyboardInterrupt went through them.
+_open_stages: list[Stage] = []
+interrupted: list[str] = []
+# How long a run waits for another run's stage lock before it says what it waits for (then again every so often)
+LOCK_NOTICE_SECONDS = 5.0
+LOCK_REMINDER_SECONDS = 300.0
+
+
+def describe(stage: "Stage") -> str:
+    return f"stage {stage.kind} ({stage.dir})"
+
+
 class StageSyncError(RuntimeError):
     """The processes of one job disagree about a stage: the main process failed it, or they see different files."""
 
@@ -257,6 +274,31 @@ class Stage:
             shutil.rmtree(self.dir / name, ignore_errors=True)
 
 
+@contextmanager
+def _acquire(lock: FileLock, what: str) -> Iterator[None]:
+    """Hold `lock`; when another run holds it for more than LOCK_NOTICE_SECONDS, say what this run waits for
+    (and again every LOCK_REMINDER_SECONDS), and keep waiting: a concurrent run computing the same stage
+    finishes it, and this run then reuses it."""
+    waited_since, timeout = time.time(), LOCK_NOTICE_SECONDS
+    try:
+        while True:
+            try:
+                lock.acquire(timeout=timeout)
+                break
+            except Timeout:
+                log.info("waiting for %s: another run is computing it and holds its lock %s (%.0f s so far)",
+                         what, lock.lock_file, time.time() - waited_since)
+                timeout = LOCK_REMINDER_SECONDS
+    except KeyboardInterrupt:
+        if not interrupted:
+            interrupted.extend([*(describe(stage) for stage in _open_stages), f"waiting for the lock of {what}"])
+        raise
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class StageStore:
     def __init__(self, root: str | os.PathLike, reuse: bool = True):
         self.root = Path(os.path.expanduser(str(root))).resolve()
@@ -301,7 +343,15 @@ class StageStore:
             spec = {**spec, "code": code_fingerprint(code)}
         with self._open(kind, spec, collective, collective if processes_in_key is None else processes_in_key) as stage:
             stage.opened_at = opened_at
-            yield stage
+            _open_stages.append(stage)
+            try:
+                yield stage
+            except KeyboardInterrupt:
+                if not interrupted:  # the innermost stage sees it first
+                    interrupted.extend(describe(open_stage) for open_stage in _open_stages)
+                raise
+            finally:
+                _open_stages.remove(stage)
         if stage.done:
             compute = stage.metadata().get("compute", {})
             entry_id = f"{kind}/{stage.key}"
@@ -338,7 +388,7 @@ class StageStore:
     def _locked(self, kind: str, spec: dict, role: str) -> Iterator[Stage]:
         key, directory = self._directory(kind, spec)
         directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory) + ".lock"):
+        with _acquire(FileLock(str(directory) + ".lock"), f"stage {kind} ({directory})"):
             stage = Stage(kind, key, directory, spec, role)
             if not self.reuse and stage.done:
                 stage.clear()

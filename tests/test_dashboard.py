@@ -63,3 +63,23 @@ def test_cli_saves_only_online_and_when_asked(tmp_path, monkeypatch, capsys):
     assert "needs W&B online" in capsys.readouterr().err
     monkeypatch.setenv("WANDB_MODE", "online")
     assert main(["g1", "--entity", "team", "--save"]) == 0 and saved == ["Comparison: g1"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--sweep-dir", "{tmp}/nope"], "error: --sweep-dir {tmp}/nope is not a directory"),
+    (["--sweep-dir", "{tmp}"], "error: --sweep-dir {tmp} holds no job's results.json"),
+    (["--spec-out", "{tmp}/no/such/spec.json"], "error: --spec-out {tmp}/no/such/spec.json: no directory"),
+    (["--spec-out", "{tmp}"], "error: --spec-out {tmp} is a directory"),
+    (["--entity", ""], "error: --entity: empty name"),
+    (["--saev"], "error: unrecognized arguments: --saev"),
+])
+def test_dashboard_arguments_that_name_nothing_are_refused_in_one_line(tmp_path, capsys, arguments, message):
+    arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]
+    try:
+        code = main(["g1", "--entity", "team", *arguments])
+    except SystemExit as error:  # argparse's own refusals exit
+        code = error.code
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "", captured.out
+    assert captured.err.startswith(message.replace("{tmp}", str(tmp_path))) and captured.err.count("\n") == 1, \
+        captured.err

@@ -257,10 +257,12 @@ def test_recompute_gives_pass_at_k_from_all_candidates():
     assert values["pass@1"] == pytest.approx((pass_at_k(2, 1, 1) + pass_at_k(2, 0, 1)) / 2)  # (.5 + 0) / 2
 
 
-def test_never_started_jobs_come_from_multirun_yaml(tmp_path):
+@pytest.mark.parametrize("sweeper", ["hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                     "hydra_plugins.framework_sweeper.CheckedSweeper"])  # the framework's default
+def test_never_started_jobs_come_from_multirun_yaml(tmp_path, sweeper):
     from omegaconf import OmegaConf
 
-    OmegaConf.save({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+    OmegaConf.save({"hydra": {"sweeper": {"_target_": sweeper,
                                           "max_batch_size": None, "params": {"algorithm": "sft,dpo"}},
                               "overrides": {"task": ["sweeps=compare", "seed=0,1"]}}}, tmp_path / "multirun.yaml")
     _sweep_job(tmp_path, "0_sft", "sft", "greedy", 0, [1, 0],
@@ -441,3 +443,34 @@ def test_the_report_shows_each_methods_budget_and_flags_an_undertrained_row(tmp_
     stuck = next(line for line in text.splitlines() if line.startswith("| stuck |"))
     assert "| 300 | 4,800 | 3 | 0.693 → 0.41 | no |" in moved
     assert "**yes**: 2 optimizer steps (< 50) (seed 0); DPO loss 0.6929 within 1% of ln 2 (seed 0)" in stuck
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--baseline", "sfft"], "error: --baseline sfft: no such method in {sweep}; available: dpo, sft"),
+    (["--wandb-group", "g"], "error: give a sweep directory or --wandb-group, not both"),
+    (["--project", "p"], "error: --project p: only read with --wandb-group"),
+    (["--entity", "e"], "error: --entity e: only read with --wandb-group"),
+    (["--out", "{sweep}/a/results.json"], "error: --out {sweep}/a/results.json: a file, not a directory"),
+    (["--resamples", "0"], "error: --resamples must be >= 1 (got 0)"),
+    (["--resamples", "many"], "error: argument --resamples: invalid int value: 'many'"),
+    (["--by-widht"], "error: unrecognized arguments: --by-widht"),
+])
+def test_report_arguments_are_checked_before_anything_is_written(tmp_path, capsys, arguments, message):
+    _sweep_job(tmp_path, "a", "sft", "greedy", 0, [1, 0])
+    _sweep_job(tmp_path, "b", "dpo", "greedy", 0, [1, 1])
+    arguments = [a.replace("{sweep}", str(tmp_path)) for a in arguments]
+    try:
+        code = main([str(tmp_path), *arguments])
+    except SystemExit as error:  # argparse's own refusals exit
+        code = error.code
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and not (tmp_path / "report.md").exists()
+    assert captured.err.startswith(message.replace("{sweep}", str(tmp_path))), captured.err
+    assert captured.err.count("\n") == 1  # one line
+
+
+def test_an_explicit_baseline_present_in_the_sweep_is_compared_with(tmp_path):
+    _sweep_job(tmp_path, "a", "sft", "greedy", 0, [1, 0])
+    _sweep_job(tmp_path, "b", "dpo", "greedy", 0, [1, 1])
+    assert main([str(tmp_path), "--baseline", "dpo", "--no-plots", "--resamples", "10"]) == 0
+    assert "Δ vs dpo" in (tmp_path / "report.md").read_text()

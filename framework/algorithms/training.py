@@ -6,18 +6,15 @@ and a finished stage is reused by any later run with the same spec.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
-import shutil
 from pathlib import Path
 from typing import Callable
 
 from transformers import TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from framework import console
 from framework.algorithms import AlgorithmContext
+from framework.checkpoints import last_complete_checkpoint  # noqa: F401  (also this module's, as before)
 from framework.config import TrainingConfig
 from framework.models import ModelHandle
 
@@ -59,27 +56,6 @@ def trainer_arguments(config: TrainingConfig, ctx: AlgorithmContext, checkpoint_
     }
 
 
-def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest `checkpoint-<step>` that was fully written, after deleting newer partial ones.
-
-    A kill during a save leaves a directory without `trainer_state.json` (the Trainer writes it
-    last), and resuming from it fails; transformers' `get_last_checkpoint` does not check this.
-    """
-    if not checkpoint_dir.is_dir():
-        return None
-    steps = {int(m.group(1)): path for path in checkpoint_dir.iterdir()
-             if path.is_dir() and (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name))}
-    for step in sorted(steps, reverse=True):
-        path = steps[step]
-        try:
-            json.loads((path / TRAINER_STATE_NAME).read_text())
-            return str(path)
-        except (OSError, ValueError):
-            log.warning("removing incomplete checkpoint %s (interrupted while saving)", path)
-            shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
 def peft_config(ctx: AlgorithmContext):
     """The `peft.LoraConfig` every trainer gets when `model.lora.enabled`, else None (full fine-tuning)."""
     lora = ctx.model_config.lora
@@ -117,10 +93,14 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
             log.info("reusing %s model %s (stages.reuse=false retrains)", kind, stage.output)
         else:
             trainer = make_trainer(str(stage.checkpoints))
+            console.stage_progress(trainer, f"train {kind}")
             last = last_complete_checkpoint(stage.checkpoints)
             if last:
                 log.info("resuming %s from %s", kind, last)
-            result = trainer.train(resume_from_checkpoint=last)
+            else:
+                log.info("training %s in %s", kind, stage.dir)
+            with console.tied_weights_not_missing(trainer.model):
+                result = trainer.train(resume_from_checkpoint=last)
             output = stage.new_output_dir()
             save_trained_model(trainer, output, ctx.model_config.lora.checkpoint)
             # TRL's SFT/DPO trainers (and SOC, XPO here) count non-padding tokens; since the last resume

@@ -154,10 +154,13 @@ def job_overrides(job_dir: Path) -> list[str] | None:
 def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
     """Every job's overrides that the multirun in `sweep_dir` meant to launch, from its multirun.yaml.
 
-    Uses Hydra's own BasicSweeper expansion (sweep file params, then command-line overrides), so the
-    list matches what Hydra launches; None for other sweepers or when multirun.yaml is absent.
+    Uses Hydra's own BasicSweeper expansion (sweep file params, then command-line overrides), which the
+    framework's sweeper keeps, so the list matches what Hydra launches; None for other sweepers or when
+    multirun.yaml is absent.
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    from framework.sweeper import is_grid_sweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -167,7 +170,7 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
     try:
         hydra_node = OmegaConf.load(file).get("hydra", {})
         sweeper = hydra_node.get("sweeper", {})
-        if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        if not is_grid_sweeper(str(sweeper.get("_target_", ""))):  # Optuna's trials are drawn as it goes
             return None
         params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
         task = [str(item) for item in hydra_node.get("overrides", {}).get("task", [])]
