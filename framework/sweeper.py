@@ -2,6 +2,12 @@
 batches), which checks every job of the grid before the first one runs and names each job's directory for the
 swept values that tell it apart.
 
+A sweep may also run several grids (`hydra.sweeper.grids`, a list of params maps, each expanded like `params`
+and run after it, the command line's overrides applying to every grid): a study whose claims need their own
+decoders (the headline's SOC widths, the sharpening paper's protocol) stays one command and one report, without
+the cartesian product of everything with everything. Hydra's basic sweeper has one grid; this is the only
+thing added to its expansion.
+
 Hydra's basic sweeper composes each batch before launching it, so a misspelt option fails early; a value,
 though, is checked by the job itself once it runs: `-m dataset.test_size=20,-5` trained and evaluated job 0
 before job 1 refused -5. Here every job of every batch is composed and validated (framework.job.check) first,
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeperConf
@@ -41,6 +47,8 @@ class CheckedSweeperConf(BasicSweeperConf):
     # name each job's directory `<job number>_<the swept values that differ>` (hydra.sweep.subdir); false, or a
     # hydra.sweep.subdir given on the command line, keeps hydra.sweep.subdir
     name_job_dirs: bool = True
+    # further grids of the same sweep, each a params map expanded like `params` and run after it
+    grids: list[dict[str, str]] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="checked", node=CheckedSweeperConf, provider="framework")
@@ -60,7 +68,9 @@ def job_labels(jobs: Sequence[Sequence[str]], groups: set[str]) -> list[str]:
         for override in job:
             key, value = _split(override)
             values.setdefault(key, set()).add(value)
-    varying = [key for key, seen in values.items() if len(seen) > 1]
+    # a key that only some jobs set (another grid's) tells them apart too
+    varying = [key for key, seen in values.items()
+               if len(seen) > 1 or sum(any(_split(o)[0] == key for o in job) for job in jobs) < len(jobs)]
     last = [key.rsplit(".", 1)[-1] for key in varying]
     labels = []
     for job in jobs:
@@ -90,14 +100,29 @@ class CheckedSweeperMixin:
     """For Hydra's BasicSweeper: compose and validate every job of the grid before launching the first, and name
     each job's directory for its swept values."""
 
-    def __init__(self, max_batch_size: Optional[int], params: Optional[dict] = None, name_job_dirs: bool = True):
+    def __init__(self, max_batch_size: Optional[int], params: Optional[dict] = None, name_job_dirs: bool = True,
+                 grids: Optional[list] = None):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.name_job_dirs = name_job_dirs
+        self.grids = [dict(grid) for grid in grids or []]
+        self._arguments: list[str] = []
         self._subdirs: dict[int, str] = {}  # job number -> its directory's name
         self._next_job = 0
 
+    def split_arguments(self, overrides, max_batch_size):
+        """BasicSweeper's batches of the `params` grid, then those of every further grid (`grids`)."""
+        batches = super().split_arguments(overrides, max_batch_size)
+        if not self.grids:
+            return batches
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        for grid in self.grids:
+            extra = parser.parse_overrides([*(f"{key}={value}" for key, value in grid.items()), *self._arguments])
+            batches.extend(super().split_arguments(extra, max_batch_size))
+        return batches
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None
+        self._arguments = list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = [job for batch in self.split_arguments(overrides, self.max_batch_size) for job in batch]

@@ -127,3 +127,46 @@ def test_hydra_finds_the_sweeper_class_in_its_plugin_namespace():
 
     found = {f"{cls.__module__}.{cls.__name__}" for cls in Plugins.instance().discover(Sweeper)}
     assert "hydra_plugins.framework_sweeper.CheckedSweeper" in found
+
+
+def test_further_grids_run_after_the_first_each_expanded_with_the_command_lines_overrides(tmp_path):
+    """hydra.sweeper.grids: one sweep of several grids (the headline's SOC widths beside its greedy table), every
+    job checked first, the command line's overrides applying to every grid, directories named apart."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", [f"hydra.sweep.dir={tmp_path / 'sweep'}", "logger=none"],
+                                           RunMode.MULTIRUN)
+        checked = _sweeper_class()(max_batch_size=None, params={"algorithm": "sft,soc", "decoder": "greedy"},
+                                   grids=[{"algorithm": "soc", "decoder": "beam", "decoder.num_beams": "2,3"}])
+        checked.config, checked.hydra_context = master, HydraContext(config_loader=loader, callbacks=None)
+        checked.launcher = _RecordingLauncher()
+        checked.sweep(["seed=7"])
+        with pytest.raises(ConfigError, match=r"sweep job 3 of 4 \(.*decoder.num_beams=0\): decoder.num_beams must be >= 1"):
+            bad = _sweeper_class()(max_batch_size=None, params={"algorithm": "sft,soc", "decoder": "greedy"},
+                                   grids=[{"algorithm": "soc", "decoder": "beam", "decoder.num_beams": "2,0"}])
+            bad.config, bad.hydra_context = master, HydraContext(config_loader=loader, callbacks=None)
+            bad.launcher = _RecordingLauncher()
+            bad.sweep([])
+        assert bad.launcher.batches == []  # the second grid's bad job stopped the whole sweep before any ran
+    GlobalHydra.instance().clear()
+    jobs = [job for batch in checked.launcher.batches for job in batch]
+    assert [job[:-1] for job in jobs] == [["algorithm=sft", "decoder=greedy", "seed=7"],
+                                          ["algorithm=soc", "decoder=greedy", "seed=7"],
+                                          ["algorithm=soc", "decoder=beam", "decoder.num_beams=2", "seed=7"],
+                                          ["algorithm=soc", "decoder=beam", "decoder.num_beams=3", "seed=7"]]
+    assert [job[-1] for job in jobs] == ["hydra.sweep.subdir='0_sft_greedy'", "hydra.sweep.subdir='1_soc_greedy'",
+                                         "hydra.sweep.subdir='2_soc_beam_num_beams=2'",
+                                         "hydra.sweep.subdir='3_soc_beam_num_beams=3'"]
+
+
+def test_the_report_expects_every_grids_jobs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from framework.report.sweep import expected_jobs
+
+    OmegaConf.save({"hydra": {"sweeper": {"_target_": "hydra_plugins.framework_sweeper.CheckedSweeper",
+                                          "params": {"seed": "0,1"}, "grids": [{"decoder": "beam,bon"}]},
+                              "overrides": {"task": ["algorithm=sft"]}}}, tmp_path / "multirun.yaml")
+    assert expected_jobs(tmp_path) == [["seed=0", "algorithm=sft"], ["seed=1", "algorithm=sft"],
+                                       ["decoder=beam", "algorithm=sft"], ["decoder=bon", "algorithm=sft"]]

@@ -172,10 +172,12 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
         sweeper = hydra_node.get("sweeper", {})
         if not is_grid_sweeper(str(sweeper.get("_target_", ""))):  # Optuna's trials are drawn as it goes
             return None
-        params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
         task = [str(item) for item in hydra_node.get("overrides", {}).get("task", [])]
-        overrides = OverridesParser.create().parse_overrides(params + task)
-        return BasicSweeper.split_arguments(overrides, None)[0]
+        jobs = []
+        for grid in [sweeper.get("params") or {}, *(sweeper.get("grids") or [])]:  # framework.sweeper's grids
+            params = [f"{key}={value}" for key, value in grid.items()]
+            jobs.extend(BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params + task), None)[0])
+        return jobs
     except Exception as error:  # an unexpected multirun.yaml must not cost the report: list started jobs only
         print(f"warning: cannot read the planned jobs from {file} ({error})", file=sys.stderr)
         return None
