@@ -1,11 +1,13 @@
 """Best-of-N overhead, measured in one run on the same model, prompts and samples:
 
-  raw:  the same N samples per prompt from plain batched `model.generate(do_sample=True,
-        num_return_sequences=N)` calls, same batches, nothing else;
+  raw:  the engine's `generate` call for the same request and seed, nothing else: the same N
+        samples per prompt, token for token (the counter-based sampler makes them a function of
+        seed, prompt and row), so both sides do the same work;
   bon:  `decoder=bon` (log-probs recorded during generation, self-reward, selection), with its
         greedy reference pass off, because that pass is a second decode on purpose, not overhead.
 
-The ratio bon / raw is the cost of self-reward and selection (the target: at most 1.2).
+The ratio bon / raw is the cost of self-reward and selection (the target: at most 1.2). The
+engine's own speed against plain `transformers.generate` is benchmarks/generation.py's figure.
 
     python benchmarks/bon_overhead.py [--samples 16] [--prompts 64] [--repeats 3] [--json out.json]
 
@@ -28,7 +30,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=16, help="N, samples per prompt")
     parser.add_argument("--prompts", type=int, default=64, help="test prompts")
-    parser.add_argument("--prompts-per-batch", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of each (median kept)")
     parser.add_argument("--selectors", default="logprob,length_norm,majority")
@@ -36,7 +37,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import GenerationConfig
 
     from framework import registry
     from framework.bon import BoNConfig, BoNDecoder
@@ -54,28 +54,25 @@ def main() -> None:
     model.eval()
     prompts = list(data.test["prompt"])
 
-    def raw_sampling() -> int:
-        """Plain transformers: the decoder's batches (longest prompts first), no log-probs kept."""
-        config = GenerationConfig(do_sample=True, num_return_sequences=args.samples, temperature=1.0, top_p=1.0,
-                                  top_k=0, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id)
-        order = sorted(prompts, key=len, reverse=True)
-        torch.manual_seed(0)
-        tokens = 0
-        with torch.no_grad():
-            for start in range(0, len(order), args.prompts_per_batch):
-                encoded = tokenizer(order[start : start + args.prompts_per_batch], return_tensors="pt",
-                                    padding=True, return_token_type_ids=False).to(model.device)
-                output = model.generate(**encoded, generation_config=config)
-                tokens += output[:, encoded["input_ids"].shape[1]:].numel()
-        return tokens
+    def config(selector: str) -> BoNConfig:
+        return BoNConfig(samples_per_prompt=args.samples, selector=selector, greedy_reference=False,
+                         max_new_tokens=args.max_new_tokens)
+
+    engine = TransformersEngine(model, tokenizer)
+
+    def raw_sampling():
+        """The samples alone: the request `decoder=bon` sends, on the same engine, with the same seed."""
+        decoder = BoNDecoder(config("logprob"), seed=0, answer_extractor=data.checker.extract)
+        return lambda: engine.generate(prompts, decoder.request(), seed=decoder.seed, progress=False)
 
     def bon(selector: str):
-        decoder = BoNDecoder(BoNConfig(samples_per_prompt=args.samples, selector=selector, greedy_reference=False,
-                                       max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch),
-                             seed=0, answer_extractor=data.checker.extract)
-        engine = TransformersEngine(model, tokenizer)
+        decoder = BoNDecoder(config(selector), seed=0, answer_extractor=data.checker.extract)
         return lambda: decoder.decode(engine, prompts, progress=False)
+
+    raw_texts = [[c.text for c in candidates] for candidates in raw_sampling()()]
+    bon_texts = [[c.text for c in decoded.candidates] for decoded in bon("logprob")().outputs]
+    if raw_texts != bon_texts:  # the ratio is a figure only over the same work
+        raise SystemExit("the bon decoder's samples differ from the engine's for the same request and seed")
 
     def timed(function) -> float:
         function()  # warm-up: allocator, kernels
@@ -87,7 +84,8 @@ def main() -> None:
         return statistics.median(seconds)
 
     figures = {"samples_per_prompt": args.samples, "prompts": len(prompts), "repeats": args.repeats,
-               "device": runtime.device, "threads": torch.get_num_threads(), "raw_seconds": timed(raw_sampling)}
+               "device": runtime.device, "threads": torch.get_num_threads(), "generated_tokens": sum(len(c.token_ids) for cs in raw_sampling()() for c in cs),
+               "raw_seconds": timed(raw_sampling())}
     for selector in args.selectors.split(","):
         figures[f"bon_{selector}_seconds"] = timed(bon(selector))
         figures[f"bon_{selector}_over_raw"] = figures[f"bon_{selector}_seconds"] / figures["raw_seconds"]

@@ -3,7 +3,7 @@
 Same model, same incorrect rationales, same k continuations per step prefix:
 
   one_at_a_time:        one `generate` per step prefix (its k continuations still come from one call)
-  batched_all_prefixes: every prefix of every rationale in one decode call, `prefixes_per_batch` per `generate`
+  batched_all_prefixes: every prefix of every rationale in one decode call (the engine sizes its batches)
   batched_rounds:       the default schedule: one decode call per step index over the rationales still
                         without a pit (fewer rollouts, as they stop at the pit)
 
@@ -32,7 +32,6 @@ def main() -> None:
     parser.add_argument("--rationales-per-question", type=int, default=4)
     parser.add_argument("--rationales", type=int, default=48, help="incorrect rationales explored (at most)")
     parser.add_argument("--k", type=int, default=4, help="continuations per step prefix")
-    parser.add_argument("--prefixes-per-batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--json", type=str, help="also write the figures here")
     args = parser.parse_args()
@@ -59,7 +58,7 @@ def main() -> None:
     engine = TransformersEngine(model, tokenizer)
     sampled = engine.generate(list(train["prompt"]), Request(max_new_tokens=args.max_new_tokens, temperature=0.7,
                                                              samples_per_prompt=args.rationales_per_question),
-                              seed=0, prompts_per_batch=8, progress=False)
+                              seed=0, progress=False)
     questions = []
     for index, (prompt, gold, candidates) in enumerate(zip(train["prompt"], train["gold_answer"], sampled)):
         questions.append(SampledQuestion(index, prompt, gold, [
@@ -72,14 +71,14 @@ def main() -> None:
 
     def explorer():
         return sampling_explorer(engine, args.k, ExplorationConfig.exploration_temperature, 1.0,
-                                 args.max_new_tokens, args.prefixes_per_batch, seed=0)
+                                 args.max_new_tokens, seed=0)
 
     def one_at_a_time():
         batched = explorer()
         return lambda prompts, keys=None: [batched([prompt])[0] for prompt in prompts]
 
     figures = {"device": runtime.device, "threads": torch.get_num_threads(), "rationales": len(targets),
-               "k": args.k, "prefixes_per_batch": args.prefixes_per_batch,
+               "k": args.k,
                "mean_steps": sum(len(t.steps) for t in targets) / max(len(targets), 1)}
     warm_up = explorer()
     warm_up([targets[0].prompt])  # allocator and kernels, so the first timed variant is not penalised
