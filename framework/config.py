@@ -143,6 +143,13 @@ class TrainingSamplingConfig(Validated):
         require(self.train_prompts is None or self.train_prompts >= 1, f"{prefix}.train_prompts",
                 "must be >= 1 or null", self.train_prompts)
 
+    def draw_keys(self) -> dict:
+        """The keys that change what is drawn for each prompt: a sampled stage's spec holds these (with its
+        sample count, the model, the data and how many prompts), not `prompts_per_batch` (the engine's noise is
+        per prompt, so batching changes no sample), `train_prompts` (the spec counts the prompts themselves) or
+        `require_finished` (a filter applied when the stored samples are read)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+
 
 STARTING_POINTS = ("base", "sft")
 
