@@ -320,3 +320,12 @@ def test_bon_sft_trains_the_papers_adapters_on_a_real_model_and_the_user_can_tur
     off = to_validated(compose_cfg(["algorithm=bon_sft", "model=hf", "model.name_or_path=/some/dir",
                                     "model.lora.enabled=false", "algorithm.learning_rate=1e-5"]))
     assert not off.model.lora.enabled and off.algorithm.learning_rate == 1e-5
+
+
+def test_method_model_files_name_an_existing_algorithm_and_model():
+    """conf/method_model/<algorithm>_<model>.yaml is picked by name (conf/config.yaml): a misspelt file would
+    silently not apply."""
+    files = list((Path(CONF_DIR) / "method_model").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert any(path.stem == f"{algorithm}_{model}" for algorithm in options("algorithm") for model in MODELS), path
