@@ -34,6 +34,18 @@ class Runtime:
 
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
+    def training_dtype(self, adapters: bool):
+        """The dtype a model is loaded in to be trained. Full fine-tuning under bf16 or fp16 keeps fp32 weights,
+        the master copy, and trains under autocast (`trainer_kwargs`: bf16=True / fp16=True), as TRL does when it
+        loads a model by name: a bf16 weight near 0.02 moves only in steps of ~1e-4, so AdamW's ~1e-6 updates at the
+        papers' rates would round to nothing (pure-bf16 AdamW keeps ~2% of the fp32 update; tests/test_models.py).
+        It costs 16 bytes a parameter (fp32 weights, gradients and Adam's two moments) instead of 8 (the plan,
+        framework/plan.py, refuses a run where that cannot fit). With LoRA (`adapters`) the frozen base stays in the
+        run's dtype: peft keeps the adapters, the only weights that move, in fp32."""
+        import torch
+
+        return self.torch_dtype if adapters else torch.float32
+
     def trainer_kwargs(self) -> dict:
         """TrainingArguments precision flags. Always explicit: TRL's configs default to bf16=True,
         which on a CPU without native bf16 runs ~20x slower than fp32 (measured on this project's CI)."""
@@ -71,16 +83,18 @@ class ModelHandle:
         tokenizer.padding_side = "left"  # decoder-only generation pads on the left
         return tokenizer
 
-    def load_model(self, runtime: Runtime):
+    def load_model(self, runtime: Runtime, dtype=None):
+        """The model on the run's device, in the run's dtype unless `dtype` (a torch dtype) says otherwise:
+        trainers ask for `runtime.training_dtype(...)`."""
         from transformers import AutoModelForCausalLM
 
         if self.adapter_base is not None:
             from peft import PeftModel
 
             # fold the adapter in: every consumer (decoders, the next stage's trainer) sees a plain model
-            model = self.adapter_base.load_model(runtime)
+            model = self.adapter_base.load_model(runtime, dtype)
             return PeftModel.from_pretrained(model, self.path).merge_and_unload()
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=runtime.torch_dtype, **self.load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype or runtime.torch_dtype, **self.load_kwargs)
         if "gguf_file" in self.load_kwargs:
             plain_weights(model)
         return model.to(runtime.device)
