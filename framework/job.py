@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework import __version__, distributed, registry, tracking
+from framework import __version__, distributed, memory, registry, tracking
 from framework.config import to_validated
 from framework.errors import ConfigError
 from framework.jsonl import read_jsonl, write_jsonl
@@ -246,6 +246,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         failed = False
     finally:
         tracker.finish(failed=failed)
+        memory.release_if_worked()  # the next job of a sweep (same process) starts with this one's memory back
         if main_evaluates:  # release the processes waiting above (no-op for a single process)
             distributed.release_waiting(results, failed, "decoding and scoring the test split")
     print(f"{run_name} on {settings.dataset.name}: accuracy {metrics['accuracy']:.3f} "
