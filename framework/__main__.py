@@ -128,6 +128,12 @@ def main() -> None:
         if traceback_wanted or _raised_in_job(error):  # a job's own failure is a bug: keep its traceback
             raise
         _fail(composition_error_line(error))
+    except OSError as error:  # Hydra could not create or write the run's directory, before any job started
+        if traceback_wanted or _raised_in_job(error):
+            raise
+        key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(sys.argv[1:]) else "hydra.run.dir"
+        _fail(f"{key}: {error.strerror or error}: {error.filename!r} (the run's output directory must be one this "
+              "process can create and write)")
 
 
 if __name__ == "__main__":

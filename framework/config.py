@@ -24,6 +24,14 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from framework.errors import ConfigError
 
 
+# numpy's seed range: transformers' set_seed (and the Trainer's) seeds numpy, which refuses anything outside it
+MAX_SEED = 2**32 - 1
+
+
+def require_seed(value: int, key: str) -> None:
+    require(0 <= value <= MAX_SEED, key, f"must be in [0, {MAX_SEED}] (numpy's seed range)", value)
+
+
 def require(condition: bool, key: str, message: str, value: Any = None) -> None:
     """Raise one readable ConfigError naming the full key when a value check fails."""
     if not condition:
@@ -373,6 +381,7 @@ class RunConfig(Validated):
         """Top-level keys have no prefix: each group node is checked under its own name."""
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
+        require_seed(self.seed, "seed")
         for group in GROUP_BASES:
             getattr(self, group).validate(group)
         if self.engine.name == "vllm":  # vLLM loads weights from a directory itself

@@ -27,6 +27,7 @@ from framework import __version__, distributed, memory, registry, tracking
 from framework.config import to_validated
 from framework.errors import ConfigError
 from framework.jsonl import read_jsonl, write_jsonl
+from framework.paths import require_writable_directory
 from framework.results import ControlSummary, JobResult
 
 log = logging.getLogger("framework")
@@ -181,6 +182,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         raise ConfigError(f"evaluation.control_decoders: {', '.join(unknown)} is no decoder; "
                           f"available: {', '.join(registry.decoders.names())}")
     distributed.check_device(settings.device)  # ConfigError: cuda:N would put every process on one GPU
+    require_writable_directory(settings.stages.cache_dir, "stages.cache_dir")  # before any work, not at its first write
+    require_writable_directory(output_dir, "hydra.sweep.dir" if group else "hydra.run.dir")
     runtime = resolve_runtime(settings.device, settings.model.precision)
     distributed.setup(cpu=runtime.device == "cpu")  # joins accelerate's/torchrun's process group; alone: nothing
     output_dir = distributed.share_from_main(output_dir)  # processes may have resolved different timestamps

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from framework import registry
-from framework.config import ModelConfig, require
+from framework.config import ModelConfig, require, require_seed
 from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class TinyModelConfig(ModelConfig):
                 "must be divisible by num_heads", (self.hidden_size, self.num_heads))
         require(self.pretrain_steps >= 0, f"{prefix}.pretrain_steps", "must be >= 0", self.pretrain_steps)
         require(self.pretrain_examples >= 1, f"{prefix}.pretrain_examples", "must be >= 1", self.pretrain_examples)
+        require_seed(self.init_seed, f"{prefix}.init_seed")
         require(self.pretrain_learning_rate > 0, f"{prefix}.pretrain_learning_rate", "must be > 0",
                 self.pretrain_learning_rate)
 
