@@ -37,10 +37,18 @@ def _hydra_context() -> tuple[Path, str | None, list[str]]:
     return output_dir, group, list(hydra_config.overrides.task)
 
 
+_PLAN_ONLY = False  # `--plan`: print each job's memory and time plan instead of running it (framework/plan.py)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_entry(cfg: DictConfig) -> float:
     output_dir, group, overrides = _hydra_context()
     try:
+        if _PLAN_ONLY:
+            from framework.plan import plan_only
+
+            print(plan_only(cfg) + "\n", flush=True)
+            return 0.0
         return run(cfg, output_dir, group, overrides)["metrics"]["accuracy"]
     except ConfigError as error:
         if group is not None:  # in a sweep: fail this job only; Hydra runs the others and reports it
@@ -109,11 +117,29 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _plan_only_arguments() -> None:
+    """`--plan` is the launcher's flag, not Hydra's: take it out of argv, and keep Hydra from writing anything
+    (its run or sweep directory goes to a scratch directory removed at exit, no logs, no report)."""
+    global _PLAN_ONLY
+    import atexit
+    import shutil
+    import tempfile
+
+    sys.argv.remove("--plan")
+    _PLAN_ONLY = True
+    scratch = tempfile.mkdtemp(prefix="framework-plan-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    sys.argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null",
+                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled", "~hydra.callbacks.comparison_table"]
+
+
 def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     _refuse_emptied_groups(sys.argv[1:])
+    if "--plan" in sys.argv[1:]:
+        _plan_only_arguments()
     registry.load_plugins()  # registers every schema in the ConfigStore before Hydra composes
     traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for Hydra's full traces
     # Hydra prints its own errors over several lines unless this is set; then it re-raises, and we print one

@@ -302,6 +302,12 @@ class ModelConfig(Validated):
                 f"{prefix}.attn_implementation", f"must be null or one of {list(ATTENTION_IMPLEMENTATIONS)}",
                 self.attn_implementation)
 
+    def architecture(self):
+        """(transformers config, tokenizer or None) of the model this node builds, read without its weights or any
+        stage: what the pre-flight plan (framework/plan.py) computes with. A model plugin that cannot say refuses."""
+        raise ConfigError(f"model={self.name}: this model plugin gives no architecture, so no memory plan "
+                          "(plan.check=false runs without one)")
+
     def load_options(self) -> dict:
         """from_pretrained keyword arguments every model of this run is loaded with."""
         return {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
@@ -364,6 +370,25 @@ class EvaluationConfig(Validated):
 
 
 @dataclass
+class PlanConfig(Validated):
+    """The pre-flight plan (framework/plan.py): which GPU a plan is for, how many, how training is sharded."""
+
+    gpu: str = "auto"  # auto: the GPU this run is on (on a CPU: no plan, no check) | a key of framework.plan.GPUS
+    gpus: int | None = None  # GPUs (processes) of the job; null: the processes it runs as (WORLD_SIZE)
+    sharding: str = "auto"  # auto: from `accelerate launch`'s config (DeepSpeed ZeRO stage, FSDP) | none | zero2 | zero3 | fsdp
+    check: bool = True  # a real run refuses, before any work, a stage whose estimated peak cannot fit
+
+    def checks(self, prefix: str) -> None:
+        from framework.plan import GPUS, SHARDINGS
+
+        super().checks(prefix)
+        require(self.gpu == "auto" or self.gpu in GPUS, f"{prefix}.gpu", f"must be auto or one of {sorted(GPUS)}",
+                self.gpu)
+        require(self.gpus is None or self.gpus >= 1, f"{prefix}.gpus", "must be >= 1 or null", self.gpus)
+        require(self.sharding in SHARDINGS, f"{prefix}.sharding", f"must be one of {list(SHARDINGS)}", self.sharding)
+
+
+@dataclass
 class RunConfig(Validated):
     model: Any = MISSING
     dataset: Any = MISSING
@@ -373,6 +398,7 @@ class RunConfig(Validated):
     logger: Any = MISSING
     stages: StagesConfig = field(default_factory=StagesConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     seed: int = 0  # seeds training, sampling and data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     run_name: str | None = None  # W&B run name; default: "<algorithm>-<decoder>-seed<seed>"
@@ -395,6 +421,7 @@ class RunConfig(Validated):
                     "the prompt's tokens)", getattr(self.decoder, "length_penalty", None))
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
+        self.plan.validate("plan")
 
 
 GROUP_BASES = {

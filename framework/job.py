@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework import __version__, distributed, memory, registry, tracking
+from framework import __version__, distributed, memory, plan, registry, tracking
 from framework.config import to_validated
 from framework.errors import ConfigError
 from framework.jsonl import read_jsonl, write_jsonl
@@ -190,6 +190,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     algorithm = registry.algorithms.get(settings.algorithm.name)
     data = registry.datasets.get(settings.dataset.name)(settings.dataset)  # ConfigError on a bad file or row
     _check_training_data(settings, algorithm, data)
+    plan.refuse_if_too_big(settings, data)  # on a GPU: a stage whose memory cannot fit fails now, with the ways out
     decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed,
                                                            answer_extractor=data.checker.extract)
     build_model = registry.models.get(settings.model.name)

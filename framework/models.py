@@ -139,6 +139,20 @@ class TinyModelConfig(ModelConfig):
         require(self.pretrain_steps >= 0, f"{prefix}.pretrain_steps", "must be >= 0", self.pretrain_steps)
         require(self.pretrain_examples >= 1, f"{prefix}.pretrain_examples", "must be >= 1", self.pretrain_examples)
         require_seed(self.init_seed, f"{prefix}.init_seed")
+
+    def architecture(self):
+        """The tiny model's config and tokenizer, from the model built on the meta device (nothing allocated, no
+        pretraining; the global RNG left as it was)."""
+        import torch
+
+        from framework import tiny
+
+        tokenizer = tiny.build_tokenizer()
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = tiny.build_model(tokenizer, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                                     num_heads=self.num_heads, intermediate_size=self.intermediate_size,
+                                     max_positions=self.max_positions, seed=self.init_seed)
+        return model.config, tokenizer
         require(self.pretrain_learning_rate > 0, f"{prefix}.pretrain_learning_rate", "must be > 0",
                 self.pretrain_learning_rate)
 
@@ -188,6 +202,31 @@ class HFModelConfig(ModelConfig):
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
         require(bool(self.name_or_path.strip()), f"{prefix}.name_or_path", "must not be empty", self.name_or_path)
+
+    def architecture(self):
+        """The model's config (its config.json, or a GGUF file's header) and tokenizer, or None for a directory
+        without one (a config-only directory: the plan estimates token counts from characters)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        location = _resolve_location(self.name_or_path)
+        is_local = Path(location).is_dir()
+        if not is_local and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            raise ConfigError(f"model.name_or_path: {self.name_or_path!r} is not a local directory and HF_HUB_OFFLINE "
+                              "is set, so its config cannot be read for the plan; give a local path")
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        with _readable_load_errors(self.name_or_path, is_local):
+            config = AutoConfig.from_pretrained(location, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        except (OSError, ValueError, TypeError, KeyError):
+            tokenizer = None
+        if tokenizer is not None and not tokenizer("1 + 1 = 2", add_special_tokens=False)["input_ids"]:
+            tokenizer = None  # built from the config alone, with no vocabulary: it would count every text as empty
+        return config, tokenizer
 
 
 def _resolve_location(name_or_path: str) -> str:

@@ -59,7 +59,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding f
 # Modules that store, lock, dispatch and log stages but compute no output: left out of (and not followed by)
 # code fingerprints, so that editing them does not throw every cached model away.
 INFRASTRUCTURE = ("framework.stages", "framework.distributed", "framework.registry", "framework.errors",
-                  "framework.tracking", "framework.results", "framework.paths", "framework.memory")
+                  "framework.tracking", "framework.results", "framework.paths", "framework.memory", "framework.plan")
 # the libraries whose code computes stage outputs (training loops, losses, generation, answer checking)
 COMPUTING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "math-verify")
 
