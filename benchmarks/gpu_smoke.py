@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import json
 import os
 import platform
@@ -415,13 +416,16 @@ def _generate(run: Run, shape_name: str, kind: str, *, mode: str) -> dict:
 
     with Meter(run.device) as meter:
         with open_engine(model.handle, TransformersEngineConfig(), Runtime(run.device, "bf16"), 0) as engine:
-            outputs = engine.generate(prompts, request, seed=0, prompts_per_batch=prompts_per_call, progress=False)
+            # an engine that sizes its batches by memory takes no batch size: it then decides the batch
+            batching = ({"prompts_per_batch": prompts_per_call}
+                        if "prompts_per_batch" in inspect.signature(engine.generate).parameters else {})
+            outputs = engine.generate(prompts, request, seed=0, progress=False, **batching)
         generated = sum(candidate.num_tokens for candidates in outputs for candidate in candidates)
     sequences = prompts_per_call * per_prompt
     estimate = generation_memory(model.shape, sequences=sequences, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                                  precision="bf16", mode=mode)
     record = training_record(meter, estimate, generated, f"{kind}: {mode}, {prompts_per_call} prompts x {per_prompt} "
-                             f"= {sequences} sequences of {prompt_tokens} + {new_tokens} tokens, one generate call")
+                             f"= {sequences} sequences of {prompt_tokens} + {new_tokens} tokens, one engine call")
     record["generated_tokens"] = generated
     return record
 

@@ -246,12 +246,13 @@ STEP_LOGIT_BYTES = {"greedy": 8.0, "sample": 40.0, "beam": 12.0}
 def generation_memory(shape: Shape, *, sequences: int, prompt_tokens: int, new_tokens: int, precision: str,
                       mode: str = "sample") -> dict[str, float]:
     """Peak bytes of a transformers `generate` call over `sequences` rows (prompts x samples, or x beams): the
-    weights, the KV cache of every row at its full length (beam search reorders it each step: a second copy), the
+    weights, the KV cache of every row at its full length (beam search reorders it layer by layer each step: one
+    layer's copy more), the
     prefill's MLP intermediates over every prompt token, and one step's logits transients."""
     dtype_bytes = 2 if precision in ("bf16", "fp16") else 4
     kv = sequences * (prompt_tokens + new_tokens) * kv_bytes_per_token(shape, precision)
     if mode == "beam":
-        kv *= 2
+        kv *= 1 + 1 / max(shape.layers, 1)
     prefill = sequences * prompt_tokens * (3 * shape.intermediate + 4 * shape.hidden) * dtype_bytes
     return {"weights": shape.parameters * dtype_bytes, "kv_cache": kv, "prefill": prefill,
             "logits": sequences * shape.vocab * STEP_LOGIT_BYTES[mode]}
@@ -481,9 +482,50 @@ def _training_node_stage(name: str, node, shape: Shape, gpu: GPU, ctx: "_PlanCon
                      lambda b: peak(b), variants, gpus_needed, note)
 
 
+# one decoded row's step logits in an engine that sizes its batches by memory (fp32 logits and log-softmax, fp64
+# warped scores and their CDF: generation.py's decode_bytes_per_row)
+BUDGET_ROW_LOGIT_BYTES = 24
+
+
+def budget_rows(shape: Shape, gpu: GPU, ctx: "_PlanContext", *, rows: int, per_prompt: int, length: int,
+                beam: bool) -> int:
+    """The rows an engine that sizes its batches by memory puts in one batch: what `memory_fraction` of the memory
+    left beside the weights holds, at KV cache plus step logits per row, capped by `max_batch_rows` and by the work
+    (beam search keeps a prompt's beams together). 0: not even one row (one prompt's beams) fits."""
+    per_row = kv_bytes_per_token(shape, ctx.precision) * length + shape.vocab * BUDGET_ROW_LOGIT_BYTES
+    free = gpu.usable_bytes - shape.parameters * (2 if ctx.precision != "fp32" else 4)
+    fitting = int(max(free, 0) * ctx.engine_memory_fraction // per_row)
+    if ctx.engine_max_rows is not None:
+        fitting = min(fitting, ctx.engine_max_rows)
+    fitting = min(fitting, rows)
+    return fitting // per_prompt * per_prompt if beam else fitting
+
+
 def _generation_stage(name: str, shape: Shape, gpu: GPU, ctx: "_PlanContext", *, prompts: int, per_prompt: int,
-                      prompts_per_batch: int, prompt_lengths: Lengths, new_tokens: int, mode: str, batch_key: str,
-                      note: str = "") -> StagePlan:
+                      prompts_per_batch: int | None, prompt_lengths: Lengths, new_tokens: int, mode: str,
+                      batch_key: str, note: str = "") -> StagePlan:
+    """A generating stage. `prompts_per_batch`: the stage's batch key's value; None where the engine sizes its batches
+    by memory itself (`engine.memory_fraction`): the batch is then what the budget holds, and only a batch of one
+    row (one prompt's beams) that cannot fit is a stage that cannot fit."""
+    if prompts_per_batch is None and ctx.engine != "vllm":
+        length = prompt_lengths.longest + new_tokens
+        rows = budget_rows(shape, gpu, ctx, rows=prompts * per_prompt, per_prompt=per_prompt, length=length,
+                           beam=mode == "beam")
+        batch_rows = max(rows, per_prompt if mode == "beam" else 1)
+        terms = generation_memory(shape, sequences=batch_rows, prompt_tokens=prompt_lengths.longest,
+                                  new_tokens=new_tokens, precision=ctx.precision, mode=mode)
+        terms["prefill"] /= 1 if mode == "beam" else per_prompt  # a prompt's samples share one prefill
+        if rows == 0:
+            note = (note + "; " if note else "") + "not one row fits"
+        else:
+            terms["logits"] = batch_rows * shape.vocab * BUDGET_ROW_LOGIT_BYTES
+        calls = math.ceil(prompts * per_prompt / batch_rows)
+        seconds = generation_seconds(shape, gpu, sequences=batch_rows, calls=calls, prompt_tokens=prompt_lengths.mean,
+                                     new_tokens=new_tokens, precision=ctx.precision)
+        what = (f"{mode} {_count(prompts)} prompts x {per_prompt}, {batch_rows} rows a batch (the engine's memory "
+                f"budget), prompt <= {prompt_lengths.longest} + {new_tokens} new tokens")
+        return StagePlan(name, what, terms, seconds, None, None, note=note)
+    prompts_per_batch = prompts_per_batch or 1
     sequences = prompts_per_batch * per_prompt
     if ctx.engine == "vllm":  # vLLM takes its fraction of the card at start and fits its batches into it
         fraction = ctx.vllm_memory_fraction
@@ -504,6 +546,14 @@ def _generation_stage(name: str, shape: Shape, gpu: GPU, ctx: "_PlanContext", *,
     what = f"{mode} {_count(prompts)} prompts x {per_prompt}, {prompts_per_batch} prompts per call, " \
            f"prompt <= {prompt_lengths.longest} + {new_tokens} new tokens"
     return StagePlan(name, what, terms, seconds, batch_key, prompts_per_batch, peak_at, note=note)
+
+
+def _batch_key(node, key: str, settings) -> int | None:
+    """A stage's prompts-per-call key, or None where the engine sizes its batches by memory (`engine.memory_fraction`;
+    such an engine has no per-stage batch key)."""
+    if hasattr(settings.engine, "memory_fraction"):
+        return None
+    return getattr(node, key, None)
 
 
 def _mean_steps(splitter: str, data) -> float:
@@ -533,6 +583,8 @@ class _PlanContext:
     sharding: str
     engine: str
     vllm_memory_fraction: float
+    engine_memory_fraction: float = 0.8  # an engine that sizes its batches by memory: the share of the free memory
+    engine_max_rows: int | None = None
 
 
 def plan_job(settings, data, tokenizer, shape: Shape, gpu: GPU, *, gpus: int = 1, sharding: str = "none",
@@ -546,7 +598,8 @@ def plan_job(settings, data, tokenizer, shape: Shape, gpu: GPU, *, gpus: int = 1
     precision = settings.model.precision if settings.model.precision != "auto" else "bf16"
     engine = settings.engine.name
     ctx = _PlanContext(precision, settings.model.gradient_checkpointing, settings.model.lora, gpus, sharding, engine,
-                       getattr(settings.engine, "gpu_memory_utilization", 0.5))
+                       getattr(settings.engine, "gpu_memory_utilization", 0.5),
+                       getattr(settings.engine, "memory_fraction", 0.8), getattr(settings.engine, "max_batch_rows", None))
     train, test = data.train, data.test
     train_prompts = Lengths.of(train["prompt"], tokenizer) if len(train) else Lengths(0, 0.0)
     demonstrations = (Lengths.of([p + c for p, c in zip(train["prompt"], train["completion"])], tokenizer)
@@ -563,12 +616,13 @@ def plan_job(settings, data, tokenizer, shape: Shape, gpu: GPU, *, gpus: int = 1
     new_tokens = getattr(algorithm, "max_new_tokens", 0)
     generated = Lengths(train_prompts.longest + new_tokens, train_prompts.mean + new_tokens / 2)
     samples_per_prompt = getattr(algorithm, "samples_per_prompt", None) or getattr(algorithm, "rationales_per_question", None)
-    if samples_per_prompt and hasattr(algorithm, "prompts_per_batch"):
+    if samples_per_prompt:
         cap = getattr(algorithm, "train_prompts", None)
         sampled = rows if cap is None else min(cap, rows)
         kind = "rationales" if hasattr(algorithm, "rationales_per_question") else "samples"
         stages.append(_generation_stage(kind, shape, gpu, ctx, prompts=sampled, per_prompt=samples_per_prompt,
-                                        prompts_per_batch=algorithm.prompts_per_batch, prompt_lengths=train_prompts,
+                                        prompts_per_batch=_batch_key(algorithm, "prompts_per_batch", settings),
+                                        prompt_lengths=train_prompts,
                                         new_tokens=new_tokens, mode="sample",
                                         batch_key="algorithm.prompts_per_batch"))
     kept = sampled * getattr(algorithm, "max_correct_per_question", 1)  # at most M correct rationales per question
@@ -583,7 +637,8 @@ def plan_job(settings, data, tokenizer, shape: Shape, gpu: GPU, *, gpus: int = 1
         explored = round(kept * steps)  # every step of at most one rejected side per kept correct rationale
         stages.append(_generation_stage("exploration", shape, gpu, ctx, prompts=explored,
                                         per_prompt=algorithm.continuations_per_step,
-                                        prompts_per_batch=algorithm.prefixes_per_batch, prompt_lengths=prefix,
+                                        prompts_per_batch=_batch_key(algorithm, "prefixes_per_batch", settings),
+                                        prompt_lengths=prefix,
                                         new_tokens=algorithm.continuation_max_new_tokens, mode="sample",
                                         batch_key="algorithm.prefixes_per_batch",
                                         note=f"time: {steps:.1f} steps a rationale (the demonstrations' mean) of "
@@ -613,7 +668,8 @@ def plan_job(settings, data, tokenizer, shape: Shape, gpu: GPU, *, gpus: int = 1
     mode = "beam" if getattr(decoder, "num_beams", 1) > 1 else \
         "sample" if getattr(decoder, "samples_per_prompt", None) else "greedy"
     stages.append(_generation_stage("evaluation", shape, gpu, ctx, prompts=problems, per_prompt=per_prompt,
-                                    prompts_per_batch=decoder.prompts_per_batch, prompt_lengths=test_prompts,
+                                    prompts_per_batch=_batch_key(decoder, "prompts_per_batch", settings),
+                                    prompt_lengths=test_prompts,
                                     new_tokens=decoder.max_new_tokens, mode=mode, batch_key="decoder.prompts_per_batch"))
     if settings.evaluation.diagnostics and "completion" in test.column_names and problems:
         scored = Lengths.of([p + c for p, c in zip(test["prompt"][:problems], test["completion"][:problems])],
@@ -627,7 +683,8 @@ def plan_job(settings, data, tokenizer, shape: Shape, gpu: GPU, *, gpus: int = 1
             lambda b: sum(scoring_memory(shape, sequences=b, tokens=width, precision=precision).values())))
     if settings.evaluation.premises and hasattr(algorithm, "samples_per_prompt"):  # the sampled set's greedy pass
         stages.append(_generation_stage("premises", shape, gpu, ctx, prompts=sampled, per_prompt=1,
-                                        prompts_per_batch=decoder.prompts_per_batch, prompt_lengths=train_prompts,
+                                        prompts_per_batch=_batch_key(decoder, "prompts_per_batch", settings),
+                                        prompt_lengths=train_prompts,
                                         new_tokens=new_tokens, mode="greedy", batch_key="decoder.prompts_per_batch"))
     if decoder.name in settings.evaluation.control_decoders and trains and isinstance(algorithm, TrainingConfig) \
             and getattr(algorithm, "starting_point", "base") == "sft":

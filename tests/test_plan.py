@@ -89,6 +89,23 @@ def test_generation_memory_by_hand():
     assert sum(small.values()) < plan.GPUS["h100_80gb"].usable_bytes
 
 
+def test_an_engine_that_sizes_its_batches_by_memory_fits_what_its_budget_holds():
+    """Where the engine fills each batch to a share of the free memory (engine.memory_fraction), a batch holds what
+    that share of the memory beside the weights holds, and only a stage whose single row cannot fit is refused."""
+    shape = plan.shape_of(_config(LLAMA_7B))
+    h100 = plan.GPUS["h100_80gb"]
+    ctx = plan._PlanContext("bf16", False, None, 1, "none", "transformers", 0.5, 0.8, None)
+    per_row = 491_520 * (300 + 512) + 102400 * 24
+    rows = plan.budget_rows(shape, h100, ctx, rows=800, per_prompt=100, length=812, beam=False)
+    assert rows == int((h100.usable_bytes - 2 * shape.parameters) * 0.8 // per_row) == 129
+    assert plan.budget_rows(shape, h100, ctx, rows=50, per_prompt=100, length=812, beam=False) == 50  # the work
+    assert plan.budget_rows(shape, h100, ctx, rows=800, per_prompt=100, length=812, beam=True) == 100  # whole prompts
+    small = plan.GPU("a 15 GiB card", 15.0, 100.0, 1.0)
+    assert plan.budget_rows(shape, small, ctx, rows=800, per_prompt=1, length=812, beam=False) == 1
+    assert plan.budget_rows(shape, plan.GPU("8 GiB", 8.0, 1.0, 1.0), ctx, rows=8, per_prompt=1, length=812,
+                            beam=False) == 0  # the weights alone do not fit
+
+
 def _saved_bytes_per_token(layers: int, checkpointing: bool) -> float:
     """Bytes autograd keeps for backward per token in one bf16-autocast forward of a small multi-head Qwen2
     (fp32 weights), leaving out the weights themselves and their bf16 copies (not per token)."""
