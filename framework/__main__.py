@@ -41,6 +41,7 @@ def _hydra_context() -> tuple[Path, str | None, list[str]]:
 
 # the job this process is running (its output directory), for the line a Ctrl-C prints
 _current_job: Path | None = None
+_PLAN_ONLY = False  # `--plan`: print each job's memory and time plan instead of running it (framework/plan.py)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -53,6 +54,11 @@ def hydra_entry(cfg: DictConfig) -> float:
     _current_job = output_dir
     try:
         refuse_schema_choices(HydraConfig.get().runtime.choices)
+        if _PLAN_ONLY:
+            from framework.plan import plan_only
+
+            print(plan_only(cfg) + "\n", flush=True)
+            return 0.0
         return run(cfg, output_dir, group, overrides)["metrics"]["accuracy"]
     except ConfigError as error:
         if group is not None:  # in a sweep: fail this job only; Hydra runs the others and reports it
@@ -103,11 +109,29 @@ def _interrupted_lines() -> str:
             "The same command resumes: finished stages are reused, and training goes on from its last checkpoint.")
 
 
+def _plan_only_arguments() -> None:
+    """`--plan` is the launcher's flag, not Hydra's: take it out of argv, and keep Hydra from writing anything
+    (its run or sweep directory goes to a scratch directory removed at exit, no logs, no report)."""
+    global _PLAN_ONLY
+    import atexit
+    import shutil
+    import tempfile
+
+    sys.argv.remove("--plan")
+    _PLAN_ONLY = True
+    scratch = tempfile.mkdtemp(prefix="framework-plan-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    sys.argv += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null",
+                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled", "~hydra.callbacks.comparison_table"]
+
+
 def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     _refuse_emptied_groups(sys.argv[1:])
+    if "--plan" in sys.argv[1:]:
+        _plan_only_arguments()
     try:
         console.quiet()
         registry.load_plugins()  # registers every schema in the ConfigStore before Hydra composes
@@ -136,6 +160,12 @@ def main() -> None:
         if traceback_wanted or _raised_in_job(error):  # a job's own failure is a bug: keep its traceback
             raise
         _fail(composition_error_line(error))
+    except OSError as error:  # Hydra could not create or write the run's directory, before any job started
+        if traceback_wanted or _raised_in_job(error):
+            raise
+        key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(sys.argv[1:]) else "hydra.run.dir"
+        _fail(f"{key}: {error.strerror or error}: {error.filename!r} (the run's output directory must be one this "
+              "process can create and write)")
 
 
 if __name__ == "__main__":

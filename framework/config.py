@@ -24,6 +24,14 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from framework.errors import ConfigError
 
 
+# numpy's seed range: transformers' set_seed (and the Trainer's) seeds numpy, which refuses anything outside it
+MAX_SEED = 2**32 - 1
+
+
+def require_seed(value: int, key: str) -> None:
+    require(0 <= value <= MAX_SEED, key, f"must be in [0, {MAX_SEED}] (numpy's seed range)", value)
+
+
 def require(condition: bool, key: str, message: str, value: Any = None) -> None:
     """Raise one readable ConfigError naming the full key when a value check fails."""
     if not condition:
@@ -222,6 +230,13 @@ class TrainingSamplingConfig(Validated):
         require(self.train_prompts is None or self.train_prompts >= 1, f"{prefix}.train_prompts",
                 "must be >= 1 or null", self.train_prompts)
 
+    def draw_keys(self) -> dict:
+        """The keys that change what is drawn for each prompt: a sampled stage's spec holds these (with its
+        sample count, the model, the data and how many prompts), not `prompts_per_batch` (the engine's noise is
+        per prompt, so batching changes no sample), `train_prompts` (the spec counts the prompts themselves) or
+        `require_finished` (a filter applied when the stored samples are read)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+
 
 STARTING_POINTS = ("base", "sft")
 
@@ -403,6 +418,12 @@ class ModelConfig(Validated):
                 f"{prefix}.attn_implementation", f"must be null or one of {list(ATTENTION_IMPLEMENTATIONS)}",
                 self.attn_implementation)
 
+    def architecture(self):
+        """(transformers config, tokenizer or None) of the model this node builds, read without its weights or any
+        stage: what the pre-flight plan (framework/plan.py) computes with. A model plugin that cannot say refuses."""
+        raise ConfigError(f"model={self.name}: this model plugin gives no architecture, so no memory plan "
+                          "(plan.check=false runs without one)")
+
     def load_options(self) -> dict:
         """from_pretrained keyword arguments every model of this run is loaded with."""
         return {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
@@ -465,6 +486,25 @@ class EvaluationConfig(Validated):
 
 
 @dataclass
+class PlanConfig(Validated):
+    """The pre-flight plan (framework/plan.py): which GPU a plan is for, how many, how training is sharded."""
+
+    gpu: str = "auto"  # auto: the GPU this run is on (on a CPU: no plan, no check) | a key of framework.plan.GPUS
+    gpus: int | None = None  # GPUs (processes) of the job; null: the processes it runs as (WORLD_SIZE)
+    sharding: str = "auto"  # auto: from `accelerate launch`'s config (DeepSpeed ZeRO stage, FSDP) | none | zero2 | zero3 | fsdp
+    check: bool = True  # a real run refuses, before any work, a stage whose estimated peak cannot fit
+
+    def checks(self, prefix: str) -> None:
+        from framework.plan import GPUS, SHARDINGS
+
+        super().checks(prefix)
+        require(self.gpu == "auto" or self.gpu in GPUS, f"{prefix}.gpu", f"must be auto or one of {sorted(GPUS)}",
+                self.gpu)
+        require(self.gpus is None or self.gpus >= 1, f"{prefix}.gpus", "must be >= 1 or null", self.gpus)
+        require(self.sharding in SHARDINGS, f"{prefix}.sharding", f"must be one of {list(SHARDINGS)}", self.sharding)
+
+
+@dataclass
 class RunConfig(Validated):
     model: Any = MISSING
     dataset: Any = MISSING
@@ -474,6 +514,7 @@ class RunConfig(Validated):
     logger: Any = MISSING
     stages: StagesConfig = field(default_factory=StagesConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     seed: int = 0  # seeds training, sampling and data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     run_name: str | None = None  # W&B run name; default: "<algorithm>-<decoder>-seed<seed>"
@@ -482,6 +523,7 @@ class RunConfig(Validated):
         """Top-level keys have no prefix: each group node is checked under its own name."""
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                 "device", "must be auto, cpu, cuda or cuda:N", self.device)
+        require_seed(self.seed, "seed")
         for group in GROUP_BASES:
             getattr(self, group).validate(group)
         if self.engine.name == "vllm":  # vLLM loads weights from a directory itself
@@ -495,6 +537,7 @@ class RunConfig(Validated):
                     "the prompt's tokens)", getattr(self.decoder, "length_penalty", None))
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
+        self.plan.validate("plan")
 
 
 GROUP_BASES = {

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework import __version__, distributed, registry, tracking
+from framework import __version__, distributed, memory, plan, registry, tracking
 from framework.config import to_validated
 from framework.errors import ConfigError
 from framework.jsonl import read_jsonl, write_jsonl
+from framework.paths import require_writable_directory
 from framework.results import ControlSummary, JobResult
 
 log = logging.getLogger("framework")
@@ -200,12 +201,15 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     started = time.time()
     settings = check(cfg)  # ConfigError on any bad value, before anything is built
     distributed.check_device(settings.device)  # ConfigError: cuda:N would put every process on one GPU
+    require_writable_directory(settings.stages.cache_dir, "stages.cache_dir")  # before any work, not at its first write
+    require_writable_directory(output_dir, "hydra.sweep.dir" if group else "hydra.run.dir")
     runtime = resolve_runtime(settings.device, settings.model.precision)
     distributed.setup(cpu=runtime.device == "cpu")  # joins accelerate's/torchrun's process group; alone: nothing
     output_dir = distributed.share_from_main(output_dir)  # processes may have resolved different timestamps
     algorithm = registry.algorithms.get(settings.algorithm.name)
     data = registry.datasets.get(settings.dataset.name)(settings.dataset)  # ConfigError on a bad file or row
     _check_training_data(settings, algorithm, data)
+    plan.refuse_if_too_big(settings, data)  # on a GPU: a stage whose memory cannot fit fails now, with the ways out
     decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed,
                                                            answer_extractor=data.checker.extract)
     build_model = registry.models.get(settings.model.name)
@@ -274,6 +278,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         failed = False
     finally:
         tracker.finish(failed=failed)
+        memory.release_if_worked()  # the next job of a sweep (same process) starts with this one's memory back
         if main_evaluates:  # release the processes waiting above (no-op for a single process)
             distributed.release_waiting(results, failed, "decoding and scoring the test split")
     print(f"{run_name} on {settings.dataset.name}: accuracy {metrics['accuracy']:.3f} "

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from framework import registry
-from framework.config import ModelConfig, require
+from framework.config import ModelConfig, require, require_seed
 from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,18 @@ class Runtime:
         import torch
 
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    def training_dtype(self, adapters: bool):
+        """The dtype a model is loaded in to be trained. Full fine-tuning under bf16 or fp16 keeps fp32 weights,
+        the master copy, and trains under autocast (`trainer_kwargs`: bf16=True / fp16=True), as TRL does when it
+        loads a model by name: a bf16 weight near 0.02 moves only in steps of ~1e-4, so AdamW's ~1e-6 updates at the
+        papers' rates would round to nothing (pure-bf16 AdamW keeps ~2% of the fp32 update; tests/test_models.py).
+        It costs 16 bytes a parameter (fp32 weights, gradients and Adam's two moments) instead of 8 (the plan,
+        framework/plan.py, refuses a run where that cannot fit). With LoRA (`adapters`) the frozen base stays in the
+        run's dtype: peft keeps the adapters, the only weights that move, in fp32."""
+        import torch
+
+        return self.torch_dtype if adapters else torch.float32
 
     def trainer_kwargs(self) -> dict:
         """TrainingArguments precision flags. Always explicit: TRL's configs default to bf16=True,
@@ -71,16 +83,18 @@ class ModelHandle:
         tokenizer.padding_side = "left"  # decoder-only generation pads on the left
         return tokenizer
 
-    def load_model(self, runtime: Runtime):
+    def load_model(self, runtime: Runtime, dtype=None):
+        """The model on the run's device, in the run's dtype unless `dtype` (a torch dtype) says otherwise:
+        trainers ask for `runtime.training_dtype(...)`."""
         from transformers import AutoModelForCausalLM
 
         if self.adapter_base is not None:
             from peft import PeftModel
 
             # fold the adapter in: every consumer (decoders, the next stage's trainer) sees a plain model
-            model = self.adapter_base.load_model(runtime)
+            model = self.adapter_base.load_model(runtime, dtype)
             return PeftModel.from_pretrained(model, self.path).merge_and_unload()
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=runtime.torch_dtype, **self.load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype or runtime.torch_dtype, **self.load_kwargs)
         if "gguf_file" in self.load_kwargs:
             plain_weights(model)
         return model.to(runtime.device)
@@ -124,6 +138,21 @@ class TinyModelConfig(ModelConfig):
                 "must be divisible by num_heads", (self.hidden_size, self.num_heads))
         require(self.pretrain_steps >= 0, f"{prefix}.pretrain_steps", "must be >= 0", self.pretrain_steps)
         require(self.pretrain_examples >= 1, f"{prefix}.pretrain_examples", "must be >= 1", self.pretrain_examples)
+        require_seed(self.init_seed, f"{prefix}.init_seed")
+
+    def architecture(self):
+        """The tiny model's config and tokenizer, from the model built on the meta device (nothing allocated, no
+        pretraining; the global RNG left as it was)."""
+        import torch
+
+        from framework import tiny
+
+        tokenizer = tiny.build_tokenizer()
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = tiny.build_model(tokenizer, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                                     num_heads=self.num_heads, intermediate_size=self.intermediate_size,
+                                     max_positions=self.max_positions, seed=self.init_seed)
+        return model.config, tokenizer
         require(self.pretrain_learning_rate > 0, f"{prefix}.pretrain_learning_rate", "must be > 0",
                 self.pretrain_learning_rate)
 
@@ -173,6 +202,31 @@ class HFModelConfig(ModelConfig):
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
         require(bool(self.name_or_path.strip()), f"{prefix}.name_or_path", "must not be empty", self.name_or_path)
+
+    def architecture(self):
+        """The model's config (its config.json, or a GGUF file's header) and tokenizer, or None for a directory
+        without one (a config-only directory: the plan estimates token counts from characters)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        location = _resolve_location(self.name_or_path)
+        is_local = Path(location).is_dir()
+        if not is_local and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            raise ConfigError(f"model.name_or_path: {self.name_or_path!r} is not a local directory and HF_HUB_OFFLINE "
+                              "is set, so its config cannot be read for the plan; give a local path")
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        with _readable_load_errors(self.name_or_path, is_local):
+            config = AutoConfig.from_pretrained(location, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        except (OSError, ValueError, TypeError, KeyError):
+            tokenizer = None
+        if tokenizer is not None and not tokenizer("1 + 1 = 2", add_special_tokens=False)["input_ids"]:
+            tokenizer = None  # built from the config alone, with no vocabulary: it would count every text as empty
+        return config, tokenizer
 
 
 def _resolve_location(name_or_path: str) -> str:

@@ -52,7 +52,7 @@ from typing import Iterator, Sequence
 
 from filelock import FileLock, Timeout
 
-from framework import __version__, distributed
+from framework import __version__, distributed, memory
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding f
 # code fingerprints, so that editing them does not throw every cached model away.
 INFRASTRUCTURE = ("framework.stages", "framework.distributed", "framework.registry", "framework.errors",
                   "framework.tracking", "framework.results", "framework.paths", "framework.console",
-                  "framework.checkpoints", "framework.sweeper", "framework.help")
+                  "framework.checkpoints", "framework.sweeper", "framework.help", "framework.memory",
+                  "framework.plan")
 # the libraries whose code computes stage outputs (training loops, losses, generation, answer checking)
 COMPUTING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "math-verify")
 
@@ -338,12 +339,14 @@ class StageStore:
         artifact for any number, so it passes False. `shared`: every method's model rests on this stage
         alike (the starting model) or it trains nothing (evaluation), so `compute_spent` leaves it out of
         a method's sums."""
+        memory.release_if_worked()  # what the stage computed before this one made is unreachable by now: free it
         opened_at = time.time()
         if code:
             spec = {**spec, "code": code_fingerprint(code)}
         with self._open(kind, spec, collective, collective if processes_in_key is None else processes_in_key) as stage:
             stage.opened_at = opened_at
             _open_stages.append(stage)
+            computed = not stage.done
             try:
                 yield stage
             except KeyboardInterrupt:
@@ -352,6 +355,8 @@ class StageStore:
                 raise
             finally:
                 _open_stages.remove(stage)
+                if computed:
+                    memory.note_work()
         if stage.done:
             compute = stage.metadata().get("compute", {})
             entry_id = f"{kind}/{stage.key}"

@@ -337,3 +337,60 @@ def test_each_yaml_restates_its_schema_defaults(compose_cfg, group_option):
     node = getattr(to_validated(compose_cfg([f"{group}={option}", "experiment=none", "dataset=gsm8k", "model=hf",
                                              "model.name_or_path=/some/dir"])), group)
     assert node == type(node)(), group_option
+
+
+# The full-fine-tuning rates of the recipes here run from 5e-7 (XPO, TRL) to 1e-5 (SFT, the Self-Explore
+# scripts); the one rate above this bound, BoN-SFT's 3e-4, is the sharpening paper's rate for LoRA adapters.
+FULL_WEIGHTS_RATE_BOUND = 1e-4
+
+
+def _learning_rates(node, prefix: str = "algorithm") -> dict[str, float]:
+    """Every learning rate of an algorithm node: its own and its nested training nodes' (sft, rft)."""
+    from dataclasses import fields as dataclass_fields, is_dataclass
+
+    from framework.config import TrainingConfig
+
+    rates = {f"{prefix}.learning_rate": node.learning_rate} if isinstance(node, TrainingConfig) else {}
+    for item in dataclass_fields(node):
+        value = getattr(node, item.name)
+        if is_dataclass(value):
+            rates.update(_learning_rates(value, f"{prefix}.{item.name}"))
+    return rates
+
+
+REAL_MODEL_RUNS = ([[f"algorithm={option}", f"experiment={experiment}", "model=hf", "model.name_or_path=/some/dir"]
+                    for option in options("algorithm") for experiment in ("embedded", "none")]
+                   + [[f"algorithm={option}", "model=smollm2_gguf"] for option in options("algorithm")]
+                   + [[f"experiment={experiment}", f"algorithm={option}"] for experiment in
+                      ("soc_paper", "sharpening_paper", "self_explore_paper")
+                      for option in options("algorithm")])
+
+
+@pytest.mark.parametrize("overrides", REAL_MODEL_RUNS, ids=" ".join)
+def test_no_adapter_learning_rate_reaches_the_full_weights_of_a_real_model(compose_cfg, overrides):
+    """On a real model every method either trains LoRA adapters (what BoN-SFT's paper trained, and the rate it
+    gives is for) or trains full weights at a full-fine-tuning rate: model=hf algorithm=bon_sft once trained
+    every weight at 3e-4."""
+    run = to_validated(compose_cfg(overrides))
+    if run.model.lora.enabled:
+        return
+    too_high = {key: rate for key, rate in _learning_rates(run.algorithm).items() if rate > FULL_WEIGHTS_RATE_BOUND}
+    assert not too_high, f"full weights at an adapter's rate: {too_high}"
+
+
+def test_bon_sft_trains_the_papers_adapters_on_a_real_model_and_the_user_can_turn_them_off(compose_cfg):
+    real = to_validated(compose_cfg(["algorithm=bon_sft", "model=hf", "model.name_or_path=/some/dir"]))
+    assert (real.model.lora.enabled, real.model.lora.rank, real.algorithm.learning_rate) == (True, 16, 3e-4)
+    assert not to_validated(compose_cfg(["algorithm=sft", "model=hf", "model.name_or_path=/some/dir"])).model.lora.enabled
+    off = to_validated(compose_cfg(["algorithm=bon_sft", "model=hf", "model.name_or_path=/some/dir",
+                                    "model.lora.enabled=false", "algorithm.learning_rate=1e-5"]))
+    assert not off.model.lora.enabled and off.algorithm.learning_rate == 1e-5
+
+
+def test_method_model_files_name_an_existing_algorithm_and_model():
+    """conf/method_model/<algorithm>_<model>.yaml is picked by name (conf/config.yaml): a misspelt file would
+    silently not apply."""
+    files = list((Path(CONF_DIR) / "method_model").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert any(path.stem == f"{algorithm}_{model}" for algorithm in options("algorithm") for model in MODELS), path

@@ -336,3 +336,57 @@ def test_a_precomputed_reference_holds_no_second_model_and_gives_the_same_loss(t
         with torch.no_grad():
             losses[precompute] = trainer.compute_loss(trainer.model, batch).item()
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- the sampled set's key
+SHARPENING_SWEEP = Path(__file__).resolve().parent.parent / "conf" / "sweeps" / "sharpening.yaml"
+
+
+def _sweep_jobs(sweep_file: Path) -> list[list[str]]:
+    """Every job of a sweep file's grid as overrides (the product of its swept keys)."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(sweep_file).hydra.sweeper.params
+    grid = [[f"{key}={value.strip()}" for value in str(values).split(",")] for key, values in params.items()]
+    return [list(job) for job in itertools.product(*grid)]
+
+
+def _sampled_set_spec(monkeypatch, config) -> dict:
+    """The stage spec `sample_training_set` gives the sampled set of `config`, for a fixed model and data."""
+    from framework.algorithms import sharpening
+    from framework.data.loaders import ArithDatasetConfig, load_arith
+
+    specs = []
+    monkeypatch.setattr(sharpening, "generated_records",
+                        lambda ctx, kind, spec, *args, **kwargs: (specs.append(spec), ([], "key", {}))[1])
+    data = load_arith(ArithDatasetConfig(train_size=8, test_size=2)).without_labels()
+    ctx = AlgorithmContext(config=config, base=ModelHandle("start", {"base": "start"}), data=data,
+                           stages=StageStore("unused"), runtime=resolve_runtime("cpu", "fp32"), seed=0,
+                           report_to="none", output_dir=Path("unused"))
+    sharpening.sample_training_set(ctx, config)
+    return specs[0]
+
+
+def test_the_sharpening_sweep_draws_one_sampled_set_whatever_the_selector_or_batching(monkeypatch):
+    """Every job of sweeps=sharpening that samples (BoN-SFT, DPO), under every selector and with other batch
+    sizes, a cap on training prompts above the split's size and either filter for unfinished samples, keys
+    the same sampled set: none of these changes a sample (the stored answers are the checker's, which every
+    selector reads), so the set is drawn once."""
+    specs = []
+    for job in _sweep_jobs(SHARPENING_SWEEP):
+        settings = to_validated(compose_config(["sweeps=sharpening", *job]))
+        if not hasattr(settings.algorithm, "sampling_keys"):
+            continue  # sft, xpo: no sampled set
+        variants = [[], ["algorithm.train_prompts=100000"], ["algorithm.require_finished=false"]]
+        if hasattr(settings.algorithm, "prompts_per_batch"):  # an engine that sizes its batches itself has no such key
+            variants.append(["algorithm.prompts_per_batch=3"])
+        if settings.algorithm.name == "bon_sft":
+            variants += [[f"algorithm.selector={selector}"] for selector in SELECTOR_NAMES]
+        for variant in variants:
+            config = to_validated(compose_config(["sweeps=sharpening", *job, *variant])).algorithm
+            specs.append(_sampled_set_spec(monkeypatch, config))
+    assert len(specs) >= 8 and all(spec == specs[0] for spec in specs)
+    drawn = to_validated(compose_config(["sweeps=sharpening", "algorithm=bon_sft", "algorithm.temperature=0.7"]))
+    assert _sampled_set_spec(monkeypatch, drawn.algorithm) != specs[0]  # a key that changes the samples counts

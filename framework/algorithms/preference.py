@@ -23,7 +23,8 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.training import peft_config, reference_model, train_in_stage, trainer_arguments
+from framework.algorithms.training import (peft_config, reference_model, train_in_stage, trainable_model,
+                                          trainer_arguments)
 from framework.config import TrainingConfig, require
 from framework.models import ModelHandle
 
@@ -91,7 +92,7 @@ def train_dpo(ctx: AlgorithmContext, kind: str, spec: dict, start: ModelHandle, 
                                           pad_to_multiple_of=args.pad_to_multiple_of,
                                           eos_token_id=tokenizer.eos_token_id)
         # the reference is the starting model, loaded explicitly rather than guessed from a config path
-        return trainer_class(model=start.load_model(ctx.runtime),
+        return trainer_class(model=trainable_model(ctx, start),
                              ref_model=reference_model(ctx, start, config.precompute_ref_log_probs), args=args,
                              data_collator=collator, train_dataset=train, processing_class=tokenizer,
                              peft_config=peft_config(ctx))

@@ -23,7 +23,7 @@ import logging
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from rapidfuzz.distance import Levenshtein
 
@@ -82,9 +82,8 @@ class RationaleSamplingConfig(TrainingSamplingConfig):
                 "must be >= 1 or null", self.pair_questions)
 
     def sampling_keys(self) -> dict:
-        """What determines the rationale set itself (not the rules applied to it)."""
-        return {item.name: getattr(self, item.name) for item in fields(TrainingSamplingConfig)} | {
-            "rationales_per_question": self.rationales_per_question}
+        """What determines the rationale set itself (TrainingSamplingConfig.draw_keys), not the rules applied to it."""
+        return {**self.draw_keys(), "rationales_per_question": self.rationales_per_question}
 
     def kept_keys(self, checker) -> dict:
         """What determines the kept set, with `auto` resolved for this dataset."""

@@ -277,9 +277,10 @@ class ExplorationConfig(Validated):
                 self.step_chosen)
 
     def exploration_keys(self) -> dict:
-        """What determines the exploration records (not the pair rules applied to them)."""
-        pair_rules = ("step_chosen", "dedup_step_pairs")
-        return {item.name: getattr(self, item.name) for item in fields(ExplorationConfig) if item.name not in pair_rules}
+        """What determines the exploration records: not the pair rules applied to them, nor `prefixes_per_batch`
+        (batching: the engine's noise is per prefix, keyed by its target and step)."""
+        left_out = ("step_chosen", "dedup_step_pairs", "prefixes_per_batch")
+        return {item.name: getattr(self, item.name) for item in fields(ExplorationConfig) if item.name not in left_out}
 
 
 @dataclass

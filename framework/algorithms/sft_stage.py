@@ -17,7 +17,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.training import peft_config, train_in_stage, trainer_arguments
+from framework.algorithms.training import peft_config, train_in_stage, trainable_model, trainer_arguments
 from framework.config import AlgorithmConfig, TrainingConfig
 from framework.models import ModelHandle
 
@@ -33,7 +33,7 @@ def make_sft_trainer(ctx: AlgorithmContext, config: TrainingConfig, checkpoint_d
     `train` is given."""
     start = start or ctx.base
     tokenizer = start.load_tokenizer()
-    model = start.load_model(ctx.runtime)
+    model = trainable_model(ctx, start)
     args = SFTConfig(**trainer_arguments(config, ctx, checkpoint_dir), completion_only_loss=True)
     train = (ctx.data.train if train is None else train).select_columns(["prompt", "completion"])
     return trainer_class(model=model, args=args, train_dataset=train, processing_class=tokenizer,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from framework.algorithms import AlgorithmContext
 from framework.algorithms.pipeline import generated_records
@@ -45,8 +45,10 @@ class SelfRewardSamplingConfig(PromptPoolConfig, TrainingSamplingConfig):
                 self.selector)
 
     def sampling_keys(self) -> dict:
-        """The keys that determine the sampled set (not the training keys): its stage spec."""
-        return {item.name: getattr(self, item.name) for item in fields(SelfRewardSamplingConfig)}
+        """The keys that determine the sampled set, its stage spec (TrainingSamplingConfig.draw_keys). Not the
+        selector: the stored samples hold the checker's extracted answers, which every selector reads, so
+        BoN-SFT and DPO under any selector share one sampled set."""
+        return {**self.draw_keys(), "samples_per_prompt": self.samples_per_prompt}
 
 
 # ---------------------------------------------------------------------------- pairs

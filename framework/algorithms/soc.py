@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from trl import SFTTrainer
@@ -36,6 +37,9 @@ NORMALISATIONS = ("token_mean", "sequence_mean")
 
 @dataclass
 class SOCConfig(TrainingConfig, AlgorithmConfig):
+    # the memory plan (framework/plan.py): soc_loss's fp32 logits, softmax and their product at the loss,
+    # bytes per token and vocabulary entry beyond an SFT loss's
+    PLAN_EXTRA_LOGIT_BYTES: ClassVar[int] = 4
     name: str = "soc"
     value_coef: float = 0.2  # lambda; the paper reports 0.1-0.3 as stable
     beta: float = 1.0  # temperature of the implicit value V(s) = beta * logsumexp(z / beta)

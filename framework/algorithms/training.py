@@ -68,11 +68,22 @@ def peft_config(ctx: AlgorithmContext):
                       target_modules=modules[0] if modules == ["all-linear"] else modules)
 
 
+def trainable_model(ctx: AlgorithmContext, start: ModelHandle):
+    """`start` loaded to be trained: fp32 master weights for full fine-tuning under bf16/fp16 autocast, the run's
+    dtype under LoRA (Runtime.training_dtype)."""
+    return start.load_model(ctx.runtime, ctx.runtime.training_dtype(adapters=ctx.model_config.lora.enabled))
+
+
 def reference_model(ctx: AlgorithmContext, start: ModelHandle, precompute: bool = False):
     """The frozen reference of a DPO-style trainer: a second copy of `start`; or None, one model in memory
     instead of two, under LoRA (TRL scores the reference with the adapter switched off) and with
-    `precompute` (TRL scores every pair with the starting model once, before training, and keeps the numbers)."""
-    return None if ctx.model_config.lora.enabled or precompute else start.load_model(ctx.runtime)
+    `precompute` (TRL scores every pair with the starting model once, before training, and keeps the numbers).
+    It is loaded in the run's dtype (bf16 on a GPU): it takes no update, so it needs no fp32 master copy; under
+    autocast it computes what the fp32 policy computes at step 0 except for the bf16 rounding of the norm and
+    embedding weights, which autocast leaves in fp32."""
+    if ctx.model_config.lora.enabled or precompute:
+        return None
+    return start.load_model(ctx.runtime).requires_grad_(False).eval()  # frozen: no gradient is ever kept for it
 
 
 def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: Callable[[str], object], *,

@@ -46,7 +46,8 @@ with warnings.catch_warnings():  # importing trl.experimental warns once per pro
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.training import peft_config, train_in_stage, trainer_arguments
+from framework.algorithms.training import (peft_config, reference_model, train_in_stage, trainable_model,
+                                          trainer_arguments)
 from framework.config import AlgorithmConfig, PromptPoolConfig, StartingPointConfig, TrainingConfig, require
 from framework.models import ModelHandle
 from framework.self_reward import SCORE_SELECTORS
@@ -304,9 +305,9 @@ class XPOTrainer(OnlineDPOTrainer):
 
 
 def make_xpo_trainer(ctx: AlgorithmContext, config: XPOConfig, checkpoint_dir: str) -> XPOTrainer:
-    """XPOTrainer from `ctx.base` (policy and, copied and frozen, pi_base) on the training prompts only."""
+    """XPOTrainer from `ctx.base` (the policy, and pi_base loaded again and frozen) on the training prompts only."""
     tokenizer = ctx.base.load_tokenizer()
-    model = ctx.base.load_model(ctx.runtime)
+    model = trainable_model(ctx, ctx.base)
     args = OnlineDPOConfig(
         **trainer_arguments(config, ctx, checkpoint_dir),
         beta=config.beta,  # a bare float: OnlineDPO's list-of-beta schedule indexes a list with a float epoch
@@ -317,7 +318,10 @@ def make_xpo_trainer(ctx: AlgorithmContext, config: XPOConfig, checkpoint_dir: s
         loss_type="sigmoid",
     )
     train = Dataset.from_dict({"prompt": config.pool_prompts(ctx.data, config.train_prompts)})  # prompts only
-    return XPOTrainer(model=model, reward_funcs=SelfReward(config.self_reward), args=args, train_dataset=train,
+    # pi_base loaded explicitly (None under LoRA: the adapter-free policy), not OnlineDPO's copy of the policy,
+    # which would be a second fp32 copy of the master weights
+    return XPOTrainer(model=model, ref_model=reference_model(ctx, ctx.base), reward_funcs=SelfReward(config.self_reward),
+                      args=args, train_dataset=train,
                       processing_class=tokenizer, alpha=config.alpha, peft_config=peft_config(ctx))
 
 
