@@ -32,6 +32,9 @@ class TaskData:
     system_prompt: str | None = None  # chat only: an optional system turn before the user message
     chat_rendered: bool = False  # render_prompts has run (it is idempotent)
     dropped_empty_gold: int = 0  # test rows left out because their gold answer is empty (benchmarks.py)
+    # strings that end every generated sequence (excluded from its text): few-shot prompts' start of the next
+    # exemplar (prompts.few_shot_stop); empty for zero-shot and chat prompts
+    stop: tuple[str, ...] = ()
 
     UNLABELLED_COLUMNS = ("question", "prompt")
 
