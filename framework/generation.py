@@ -566,6 +566,9 @@ def generate_sharded(engine: Engine, prompts: Sequence[str], request: Request, *
       all read every shard; the result equals one process's (counter-based sampling: a sample does not depend
       on its batch). The shards of a plan live in a directory named by the plan, so a rerun with another number
       of processes or another `rows_per_shard` never mixes two plans' shards.
+    - An engine with a `prepare(prompts, request)` method (vLLM) gets the whole call first, on every process at
+      the same point, so that it can start sized to the call (starting vLLM under several processes is
+      collective); then each process generates its own shards.
     `shard_dir` must be on a filesystem every process sees (the stage cache). None: no shards (one process).
     """
     keys = list(range(len(prompts))) if keys is None else list(keys)

@@ -94,7 +94,7 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
         reused = stage.done
         if not reused:
             decoded_at = time.time()
-            log.info("decoding %d test prompts (process %d of %d)", len(test), distributed.rank(),
+            log.info("decoding %d test prompts: its shards on rank %d of %d", len(test), distributed.rank(),
                      distributed.world_size())
             with open_engine(policy, settings.engine, runtime, settings.seed) as engine:
                 # shards in the stage's checkpoints: an interrupted evaluation resumes where it stopped

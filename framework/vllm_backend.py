@@ -194,7 +194,10 @@ def model_context(path: str) -> int | None:
 
 
 def architecture(path: str) -> dict:
-    """What of a model's config.json an engine serving it depends on (two fine-tunes of one model: equal)."""
+    """What of a model's config.json an engine serving it depends on (two fine-tunes of one model: equal); a hub
+    name, whose config is not on disk here, stands for itself."""
+    if not Path(path).is_dir():
+        return {"hub": path}
     return {key: value for key, value in _read_config(path).items() if key not in CONFIG_KEYS_IGNORED}
 
 
@@ -246,7 +249,9 @@ def uses_sleep_mode(runtime) -> bool:
 
 
 def several_processes() -> bool:
-    return distributed.world_size() > 1
+    """Whether the job's other processes start their engines beside this one (not inside a main-process-only
+    section, where an engine that waits for them would hang)."""
+    return distributed.synchronized()
 
 
 class VLLMEngine:

@@ -37,9 +37,10 @@ def few_shot_block(template: str, delimiter: str, separator: str, exemplars: lis
 
 def few_shot_stop(template: str, separator: str) -> tuple[str, ...]:
     """The stop strings of a few-shot prompt: what begins the next exemplar, the separator followed by the
-    template's text before `{question}` (GSM8K: "\\n\\nQuestion:"; a template that starts with the question:
-    the separator alone). None when both are empty (the exemplars run into each other: no marker to stop at)."""
-    stop = separator + template.split("{question}", 1)[0]
+    template's text before `{question}` less its trailing whitespace, which a tokenizer may glue to the next word
+    (GSM8K: "\\n\\nQuestion:"; a template that starts with the question: the separator alone). None when both
+    are empty (the exemplars run into each other: no marker to stop at)."""
+    stop = separator + template.split("{question}", 1)[0].rstrip()
     return (stop,) if stop else ()
 
 
