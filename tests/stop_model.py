@@ -3,7 +3,7 @@ and then goes on to write a next "Question:" with another answer: what the few-s
 (tests/test_stop_strings.py on the transformers engine, tests/test_vllm_engine.py on vLLM).
 
 The model is trained in a few seconds until greedy decoding writes CONTINUATION exactly; without stop strings the
-extractor then reads the invented exemplar's "#### 8", with them the answer's "#### 5" (the gold).
+extractor then reads the invented exemplar's "#### 9", with them the answer's "#### 6" (the gold).
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-EXEMPLAR = {"question": "Ann has 3 pens. She gets 4 more. How many pens?", "answer": "3 + 4 = 7\n#### 7"}
-PROBLEM = {"question": "Kim has 5 cards. How many cards?", "answer": "5 = 5\n#### 5"}
-GOLD, INVENTED = "5", "8"
+EXEMPLAR = {"question": "Ann has 3 pens and gets 4.", "answer": "3 + 4 = 7\n#### 7"}
+PROBLEM = {"question": "Kim has 5 cards and gets 1.", "answer": "5 + 1 = 6\n#### 6"}
+GOLD, INVENTED = "6", "9"
 # what the model writes after the few-shot prompt: its answer, then an exemplar it invents
-ANSWER = " 5 = 5\n#### 5"
-CONTINUATION = ANSWER + "\n\nQuestion: Bo has 9 cups. He breaks 1. How many cups?\nAnswer: 9 - 1 = 8\n#### 8"
+ANSWER = " 5 + 1 = 6\n#### 6"
+CONTINUATION = ANSWER + "\n\nQuestion: Bo has 9.\nAnswer: #### 9"
 MAX_NEW_TOKENS = len(CONTINUATION) + 8  # one token a character: room to write it all
 
 
