@@ -18,7 +18,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 from framework import registry
 from framework.config import DecoderConfig, require
@@ -111,8 +111,9 @@ class BoNDecoder(SampleDecoder):
 
     config: BoNConfig  # type: ignore[assignment]
 
-    def __init__(self, config: BoNConfig, seed: int = 0, answer_extractor: Callable[[str], str | None] | None = None):
-        super().__init__(config, seed=seed, answer_extractor=answer_extractor)
+    def __init__(self, config: BoNConfig, seed: int = 0, answer_extractor: Callable[[str], str | None] | None = None,
+                 stop: Sequence[str] = ()):
+        super().__init__(config, seed=seed, answer_extractor=answer_extractor, stop=stop)
         if config.selector == "majority" and answer_extractor is None:  # fail before any generation
             raise ValueError("decoder.selector=majority needs an answer_extractor (the dataset checker's extract)")
 
@@ -125,7 +126,7 @@ class BoNDecoder(SampleDecoder):
         return [select(self.config.selector, candidates, self.answers(candidates))]
 
     def greedy_reference_decoder(self) -> GreedyDecoder:
-        return GreedyDecoder(GreedyConfig(max_new_tokens=self.config.max_new_tokens), seed=self.seed)
+        return GreedyDecoder(GreedyConfig(max_new_tokens=self.config.max_new_tokens), seed=self.seed, stop=self.stop)
 
     def decode(self, engine, prompts: list[str], progress: bool = True) -> Decoding:
         """The N samples (those `sample` draws with this seed), then, on the same engine, the greedy

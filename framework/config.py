@@ -535,6 +535,10 @@ class RunConfig(Validated):
             require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.decoder, "length_penalty", 0) == 0,
                     "decoder.length_penalty", "must be 0 for beam search with engine=vllm (vLLM's length counts "
                     "the prompt's tokens)", getattr(self.decoder, "length_penalty", None))
+            require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.dataset, "prompt_format", "") != "few_shot",
+                    "dataset.prompt_format", "must not be few_shot for beam search with engine=vllm (vLLM's beam "
+                    "search cannot stop at the next exemplar; engine=transformers can)",
+                    getattr(self.dataset, "prompt_format", None))
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
         self.plan.validate("plan")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
 
@@ -94,11 +94,12 @@ class Decoder:
     config: DecoderConfig
 
     def __init__(self, config: DecoderConfig, seed: int = 0,
-                 answer_extractor: Callable[[str], str | None] | None = None):
+                 answer_extractor: Callable[[str], str | None] | None = None, stop: Sequence[str] = ()):
         self.config, self.seed = config, seed
         # text -> normalised final answer (the dataset checker's `extract`), for decoders that choose by
         # answer, e.g. majority vote; None where the caller has no checker
         self.answer_extractor = answer_extractor
+        self.stop = tuple(stop)  # the data's stop strings (TaskData.stop: a few-shot prompt's next exemplar)
 
     def request(self) -> Request:
         raise NotImplementedError
@@ -126,7 +127,7 @@ class Decoder:
 @registry.decoders.register("greedy", GreedyConfig)
 class GreedyDecoder(Decoder):
     def request(self) -> Request:
-        return Request(max_new_tokens=self.config.max_new_tokens)
+        return Request(max_new_tokens=self.config.max_new_tokens, stop=self.stop)
 
 
 @registry.decoders.register("sample", SampleConfig)
@@ -135,7 +136,7 @@ class SampleDecoder(Decoder):
 
     def request(self) -> Request:
         return Request(max_new_tokens=self.config.max_new_tokens, samples_per_prompt=self.config.samples_per_prompt,
-                       temperature=self.config.temperature, top_p=self.config.top_p)
+                       temperature=self.config.temperature, top_p=self.config.top_p, stop=self.stop)
 
     def choose(self, candidates: list[Candidate]) -> list[int]:
         return list(range(len(candidates)))
@@ -147,13 +148,15 @@ class BeamDecoder(Decoder):
 
     def request(self) -> Request:
         return Request(max_new_tokens=self.config.max_new_tokens, num_beams=self.config.num_beams,
-                       length_penalty=self.config.length_penalty)
+                       length_penalty=self.config.length_penalty, stop=self.stop)
 
 
-def sample_request(samples_per_prompt: int, temperature: float, top_p: float, max_new_tokens: int) -> Request:
-    """What the sampling stages (sampled set, rationales, exploration) ask the engine for."""
+def sample_request(samples_per_prompt: int, temperature: float, top_p: float, max_new_tokens: int,
+                   stop: Sequence[str] = ()) -> Request:
+    """What the sampling stages (sampled set, rationales, exploration) ask the engine for; `stop`: the data's
+    stop strings (TaskData.stop)."""
     return Request(max_new_tokens=max_new_tokens, samples_per_prompt=samples_per_prompt, temperature=temperature,
-                   top_p=top_p)
+                   top_p=top_p, stop=tuple(stop))
 
 
 @torch.no_grad()

@@ -71,19 +71,27 @@ class TransformersEngineConfig(EngineConfig):
 @dataclass
 class VLLMEngineConfig(EngineConfig):
     name: str = "vllm"
-    gpu_memory_utilization: float = 0.5  # fraction of the whole GPU the engine may take (training shares it); on a CPU, of its memory
+    # share of the whole GPU the engine may take (on a CPU: of the machine's memory); null: what is free when the
+    # engine starts, less a margin (on a CPU at most 0.5), refused in one line when too little is free
+    gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
-    max_model_len: int | None = None  # null: the model's
+    max_model_len: int | None = None  # null: the stage's longest prompt + new tokens, rounded up to a power of two
     dtype: str = "auto"  # auto: the run's precision (model.precision)
     enforce_eager: bool = False  # true: no CUDA graphs (slower; less memory, faster start)
     per_request_seed: str = "auto"  # auto: on a GPU (samples independent of batching); off on CPU, where vLLM refuses it
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
-        require(0 < self.gpu_memory_utilization <= 1, f"{prefix}.gpu_memory_utilization", "must be in (0, 1]",
-                self.gpu_memory_utilization)
+        require(self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+                f"{prefix}.gpu_memory_utilization", "must be in (0, 1] or null", self.gpu_memory_utilization)
         require(self.tensor_parallel_size >= 1, f"{prefix}.tensor_parallel_size", "must be >= 1",
                 self.tensor_parallel_size)
+        # several processes split the shards of a stage, each on its own engine: a tensor-parallel group would
+        # need every member to generate the same prompts
+        require(self.tensor_parallel_size == 1 or distributed.launched_world_size() == 1,
+                f"{prefix}.tensor_parallel_size", f"must be 1 under {distributed.launched_world_size()} processes "
+                "(each process generates its own shards on its own GPU); launch one process to use tensor "
+                "parallelism", self.tensor_parallel_size)
         require(self.max_model_len is None or self.max_model_len >= 1, f"{prefix}.max_model_len", "must be >= 1 or null",
                 self.max_model_len)
         require(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"{prefix}.dtype",
@@ -558,6 +566,9 @@ def generate_sharded(engine: Engine, prompts: Sequence[str], request: Request, *
       all read every shard; the result equals one process's (counter-based sampling: a sample does not depend
       on its batch). The shards of a plan live in a directory named by the plan, so a rerun with another number
       of processes or another `rows_per_shard` never mixes two plans' shards.
+    - An engine with a `prepare(prompts, request)` method (vLLM) gets the whole call first, on every process at
+      the same point, so that it can start sized to the call (starting vLLM under several processes is
+      collective); then each process generates its own shards.
     `shard_dir` must be on a filesystem every process sees (the stage cache). None: no shards (one process).
     """
     keys = list(range(len(prompts))) if keys is None else list(keys)
@@ -573,6 +584,9 @@ def generate_sharded(engine: Engine, prompts: Sequence[str], request: Request, *
     done = len(shards) - len(mine) - sum(1 for b in range(len(shards)) if b % world != rank)
     if done:
         log.info("resuming generation: %d of %d shards already written in %s", done, len(shards), shard_dir)
+    prepare = getattr(engine, "prepare", None)  # vLLM: starts sized to the whole call (collective when together)
+    if prepare is not None and (together or mine):
+        prepare(prompts, request)
     total = sum(len(shards[b]) for b in mine) * per_prompt
     with tqdm(total=total, desc="generate", unit="seq", disable=not progress or not total, leave=False) as bar:
         for b in mine:

@@ -73,7 +73,9 @@ def _check_training_data(settings, algorithm, data) -> None:
 def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, list[dict], bool]:
     """Decode and score the test split: a stage keyed by the policy, the decoder, the data and (for
     decoders that sample) the seed, so a rerun of a job (or of a whole sweep) reuses its evaluation.
-    Returns (metrics, records, reused)."""
+    Every process of the job decodes its shards of the test split (framework/generation.py: generate_sharded;
+    the decodings equal one process's), then the main process scores them, runs the diagnostics and writes the
+    stage. Returns (metrics, records, reused) on the main process, (None, None, reused) on the others."""
     from framework import evaluation
     from framework.decoding import teacher_forced_logprobs
     from framework.generation import ShardedEngine, engine_identity, open_engine
@@ -88,31 +90,39 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
             "engine": engine_identity(settings.engine)}
     # the code that decodes and scores: this glue, the evaluation module, the decoder's and the checker's
     code = (__name__, "framework.evaluation", type(decoder).__module__, type(data.checker).__module__)
-    with distributed.main_process_alone(), stages.open("evaluation", spec, code=code, shared=True) as stage:
+    # collective: every process generates; the number of processes stays out of the key (the same decodings)
+    with stages.open("evaluation", spec, code=code, shared=True, collective=True, processes_in_key=False) as stage:
         reused = stage.done
         if not reused:
             decoded_at = time.time()
+            log.info("decoding %d test prompts: its shards on rank %d of %d", len(test), distributed.rank(),
+                     distributed.world_size())
             with open_engine(policy, settings.engine, runtime, settings.seed) as engine:
                 # shards in the stage's checkpoints: an interrupted evaluation resumes where it stopped
                 decoding = decoder.decode(ShardedEngine(engine, stage.checkpoints / "generation",
                                                         settings.engine.rows_per_shard), list(test["prompt"]))
                 model = engine.transformers_model  # the same loaded model scores the gold (None: vLLM)
-            tokenizer = policy.load_tokenizer()
-            metrics, records = evaluation.score(test, decoding, data.checker, decoder)  # with the decoder's own
-            metrics["dropped_empty_gold"] = data.dropped_empty_gold  # test rows the loader left out, unscored
-            metrics["decode_seconds"] = time.time() - decoded_at
-            if settings.evaluation.diagnostics and "completion" in test.column_names:  # needs demonstrations
-                model = model if model is not None else policy.load_model(runtime)  # vllm: once its engine is closed
-                gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(test["prompt"]),
-                                                        list(test["completion"]),
-                                                        settings.evaluation.sequences_per_forward)
-                metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
+            summary = None
+            if distributed.is_main_process():  # the others have every decoding too, but one process scores
+                tokenizer = policy.load_tokenizer()
+                metrics, records = evaluation.score(test, decoding, data.checker, decoder)  # with the decoder's own
+                metrics["dropped_empty_gold"] = data.dropped_empty_gold  # test rows the loader left out, unscored
+                metrics["decode_seconds"] = time.time() - decoded_at
+                if settings.evaluation.diagnostics and "completion" in test.column_names:  # needs demonstrations
+                    model = model if model is not None else policy.load_model(runtime)  # vllm: once it is asleep
+                    gold_logprobs = teacher_forced_logprobs(model, tokenizer, list(test["prompt"]),
+                                                            list(test["completion"]),
+                                                            settings.evaluation.sequences_per_forward)
+                    metrics.update(evaluation.optimism_diagnostics(records, gold_logprobs))
+                metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
+                output = stage.new_output_dir()
+                write_jsonl(output / "generations.jsonl", records)
+                (output / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, default=str))
+                summary = {"compute": {"generated_tokens": metrics["generated_tokens"]}}
             del model
-            metrics["generated_tokens"] = sum(record["num_tokens"] for record in records)
-            output = stage.new_output_dir()
-            write_jsonl(output / "generations.jsonl", records)
-            (output / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, default=str))
-            stage.commit({"compute": {"generated_tokens": metrics["generated_tokens"]}})
+            stage.commit(summary)
+        if not distributed.is_main_process():
+            return None, None, reused
         metrics = json.loads((stage.output / "metrics.json").read_text())
         records = read_jsonl(stage.output / "generations.jsonl")
     return metrics, records, reused
@@ -120,26 +130,37 @@ def _evaluate(settings, policy, data, decoder, stages, runtime) -> tuple[dict, l
 
 def _measure_premises(settings, ctx, stages, runtime, policy) -> dict | None:
     """framework/premises.py on what the method recorded in `ctx.artifacts`, with the gold answers (the
-    method never sees them); a stage keyed by the trained model, so every decoder's job shares it."""
+    method never sees them); a stage keyed by the trained model, so every decoder's job shares it. Every
+    process takes part in its greedy pass (sharded, as the evaluation's); the main process writes the stage.
+    Returns the premises on the main process, None on the others."""
     from framework import premises
-    from framework.generation import Request, engine_identity, open_engine
+    from framework.generation import Request, ShardedEngine, engine_identity, open_engine
 
     if not settings.evaluation.premises or not ctx.artifacts:
         return None
     spec = {"policy": policy.fingerprint, "data": ctx.data.fingerprint, "engine": engine_identity(settings.engine)}
     max_new_tokens = getattr(settings.algorithm, "max_new_tokens", settings.decoder.max_new_tokens)
 
-    def greedy(model, prompts: list[str]) -> list[str]:
-        with open_engine(model, settings.engine, runtime, settings.seed) as engine:
-            outputs = engine.generate(prompts, Request(max_new_tokens=max_new_tokens), seed=settings.seed)
-        return [candidates[0].text for candidates in outputs]
-
-    with distributed.main_process_alone(), stages.open("premises", spec, code=("framework.premises", __name__),
-                                                       shared=True) as stage:
+    with stages.open("premises", spec, code=("framework.premises", __name__), shared=True, collective=True,
+                     processes_in_key=False) as stage:
         if not stage.done:
+            passes = []  # one shard directory per greedy pass, in the same order on every process
+
+            def greedy(model, prompts: list[str]) -> list[str]:
+                directory = stage.checkpoints / "generation" / f"pass-{len(passes):03d}"
+                passes.append(directory)
+                with open_engine(model, settings.engine, runtime, settings.seed) as engine:
+                    outputs = ShardedEngine(engine, directory, settings.engine.rows_per_shard).generate(
+                        prompts, Request(max_new_tokens=max_new_tokens, stop=ctx.data.stop), seed=settings.seed)
+                return [candidates[0].text for candidates in outputs]
+
+            # every process measures (the greedy pass needs them all; checking the answers is cheap), one writes
             values = premises.measure(ctx.artifacts, ctx.control_data or ctx.data, ctx.data.checker, greedy)
-            (stage.new_output_dir() / "premises.json").write_text(json.dumps(values, sort_keys=True))
+            if distributed.is_main_process():
+                (stage.new_output_dir() / "premises.json").write_text(json.dumps(values, sort_keys=True))
             stage.commit({})
+        if not distributed.is_main_process():
+            return None
         return json.loads((stage.output / "premises.json").read_text())
 
 
@@ -211,7 +232,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     _check_training_data(settings, algorithm, data)
     plan.refuse_if_too_big(settings, data)  # on a GPU: a stage whose memory cannot fit fails now, with the ways out
     decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed,
-                                                           answer_extractor=data.checker.extract)
+                                                           answer_extractor=data.checker.extract, stop=data.stop)
     build_model = registry.models.get(settings.model.name)
     stages = StageStore(settings.stages.cache_dir, reuse=settings.stages.reuse)
     base = build_model(settings.model, stages, runtime)  # ConfigError if it cannot load; tiny: built once
@@ -242,8 +263,12 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
                 control = None  # SFT's own control is SFT: nothing to set beside it
         control_stages = [entry for entry in stages.compute_ledger() if entry not in model_stages]
         train_seconds = time.time() - trained_at
-        if not distributed.is_main_process():  # the main process decodes and scores alone; wait for its results
-            results, failed = distributed.wait_for_main("decoding and scoring the test split"), False
+        if not distributed.is_main_process():  # decode its shards of each generating step below; the main one
+            _evaluate(settings, policy, data, decoder, stages, runtime)  # scores and records (in this order)
+            _measure_premises(settings, method_context, stages, runtime, policy)
+            if control is not None:
+                _evaluate(settings, control[0], data, decoder, stages, runtime)
+            results, failed = distributed.wait_for_main("scoring the test split"), False
             return results
         main_evaluates = True
         # from the stages' records, so a job that reused its model shows the same curves as one that trained it
@@ -280,7 +305,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         tracker.finish(failed=failed)
         memory.release_if_worked()  # the next job of a sweep (same process) starts with this one's memory back
         if main_evaluates:  # release the processes waiting above (no-op for a single process)
-            distributed.release_waiting(results, failed, "decoding and scoring the test split")
+            distributed.release_waiting(results, failed, "scoring the test split")
     print(f"{run_name} on {settings.dataset.name}: accuracy {metrics['accuracy']:.3f} "
           f"[{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}] "
           f"(n={metrics['num_problems']}), mean {metrics['mean_tokens']:.1f} tokens -> {output_dir}", flush=True)

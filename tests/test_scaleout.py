@@ -430,6 +430,37 @@ def test_two_processes_split_the_sampling_train_once_and_write_one_result(tmp_pa
     together, = (tmp_path / "cache" / "samples").glob("*/output/samples.jsonl")
     # (their stage keys differ only through the base model's: a trained stage's key holds its process count)
     assert together.read_text() == alone.read_text()
+    # the premises' greedy pass was split too, and measures what one process measures
+    premises = [json.loads((tmp_path / name / "results.json").read_text())["premises"] for name in ("run", "run1")]
+    assert "greedy_accuracy" in premises[0] and premises[0] == premises[1]
+
+
+@pytest.mark.slow  # about a minute on 2 cores: one job as two processes, then as one
+def test_two_processes_split_the_evaluation_and_write_what_one_process_writes(tmp_path):
+    """Both processes decode their shards of the test split (best-of-4 and its greedy reference: two sharded
+    calls); the main process scores them. The generations equal a single process's, byte for byte."""
+    job = ["algorithm=none", "decoder=bon", "decoder.samples_per_prompt=4", "decoder.curve_draws=5", *TINY,
+           "engine.rows_per_shard=2"]  # shards of 2 rows: the same shards for 1 and 2 processes, 3 to 12 of them
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "framework", *job, "hydra.run.dir=run"]
+    result = subprocess.run(command, cwd=tmp_path, env=_environment(tmp_path / "cache"), capture_output=True,
+                            text=True, timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert output.count("decoding 6 test prompts: its shards on rank 0 of 2") == 1
+    assert output.count("decoding 6 test prompts: its shards on rank 1 of 2") == 1  # the other process generates too
+    single = subprocess.run([sys.executable, "-m", "framework", *job, "hydra.run.dir=run1"], cwd=tmp_path,
+                            env=_environment(tmp_path / "cache1"), capture_output=True, text=True, timeout=400)
+    assert single.returncode == 0, (single.stdout + single.stderr)[-3000:]
+    together, alone = (tmp_path / "run" / "generations.jsonl"), (tmp_path / "run1" / "generations.jsonl")
+    assert together.read_bytes() == alone.read_bytes()
+    metrics = [json.loads((tmp_path / name / "results.json").read_text())["metrics"] for name in ("run", "run1")]
+    for values in metrics:
+        values.pop("decode_seconds")
+    assert metrics[0] == metrics[1]
+    evaluated, = (tmp_path / "cache" / "evaluation").glob("*/stage.json")
+    assert "world_size" not in json.loads(evaluated.read_text())["spec"]  # any number of processes: one evaluation
+    assert not list((tmp_path / "cache").glob("*/*/output.partial*"))
 
 
 @pytest.mark.slow  # about 80 s on 2 cores: two jobs of two processes each

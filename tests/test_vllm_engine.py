@@ -137,6 +137,8 @@ class Engines:
 def open_both(stack: ExitStack, name: str, handle, vllm_config: VLLMEngineConfig) -> Engines:
     started = time.perf_counter()
     vllm_engine = stack.enter_context(open_engine(handle, vllm_config, CPU, seed=0))
+    # vLLM starts at the first call, sized to it: a one-token prompt sizes it to MIN_MODEL_LEN (or the config's)
+    vllm_engine.prepare(["x"], Request(max_new_tokens=1))
     vllm_seconds = time.perf_counter() - started
     started = time.perf_counter()
     transformers_engine = stack.enter_context(open_engine(handle, TransformersEngineConfig(), CPU))
@@ -218,6 +220,63 @@ def test_tiny_beam_top_beam_comes_without_its_prompt_and_scored_at_temperature_o
     FIGURES.append(f"tiny beam 3: {identical}/{len(prompts)} top beams token-identical to transformers', max "
                    f"|delta log-prob| {largest:.2e}; vLLM's scores vs teacher forcing within {LOGPROB_TOLERANCE}")
     assert largest <= LOGPROB_TOLERANCE
+
+
+# ---------------------------------------------------------------------------- stop strings, sizing
+@pytest.fixture(scope="module")
+def writer(tmp_path_factory):
+    """tests/stop_model.py's few-shot task and its model (answers, then writes a next "Question:"), saved as a
+    stage saves a policy, under both engines."""
+    import stop_model
+    from framework.models import ModelHandle
+
+    data = stop_model.load_few_shot(stop_model.write_dataset(tmp_path_factory.mktemp("gsm8k")))
+    tokenizer = stop_model.char_tokenizer()
+    directory = tmp_path_factory.mktemp("writer")
+    stop_model.trained_model(tokenizer, data.test["prompt"][0]).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    with ExitStack() as stack:
+        engines = open_both(stack, "stop-string model", ModelHandle(str(directory), {"base": "writer"}),
+                            VLLMEngineConfig(enforce_eager=True))
+        yield data, engines
+
+
+def test_vllm_scores_the_first_answer_of_a_model_that_writes_the_next_exemplar(writer):
+    import stop_model
+    from framework import evaluation
+    from framework.decoding import GreedyConfig, GreedyDecoder, SampleConfig, SampleDecoder
+
+    data, engines = writer
+    prompts = list(data.test["prompt"])
+    config = GreedyConfig(max_new_tokens=stop_model.MAX_NEW_TOKENS)
+    (unstopped,) = GreedyDecoder(config).decode(engines.vllm, prompts, progress=False).outputs[0].candidates
+    assert unstopped.text == stop_model.CONTINUATION  # the model goes on past its answer under vLLM too
+    for decoder in (GreedyDecoder(config, stop=data.stop),
+                    SampleDecoder(SampleConfig(max_new_tokens=stop_model.MAX_NEW_TOKENS, samples_per_prompt=2,
+                                               temperature=0.05), stop=data.stop)):
+        decoding = decoder.decode(engines.vllm, prompts, progress=False)
+        metrics, _ = evaluation.score(data.test, decoding, data.checker, decoder)
+        texts = [c.text for c in decoding.outputs[0].candidates]
+        assert texts == [stop_model.ANSWER] * len(texts) and metrics["accuracy"] == 1.0
+    # the same candidate as the transformers engine's: the stop string's tokens counted, its text cut
+    stopped = GreedyDecoder(config, stop=data.stop)
+    (vllm_candidate,) = stopped.decode(engines.vllm, prompts, progress=False).outputs[0].candidates
+    (ours,) = stopped.decode(engines.transformers, prompts, progress=False).outputs[0].candidates
+    assert (vllm_candidate.text, vllm_candidate.token_ids, vllm_candidate.finished) == \
+        (ours.text, ours.token_ids, ours.finished)
+    assert vllm_candidate.logprob == pytest.approx(ours.logprob, abs=LOGPROB_TOLERANCE)
+    FIGURES.append(f"stop strings: vLLM and transformers both end at {data.stop[0]!r} after "
+                   f"{ours.num_tokens} tokens (the unstopped text runs {len(stop_model.CONTINUATION)})")
+
+
+def test_vllm_is_sized_to_the_call_not_to_the_models_context(writer):
+    import stop_model
+
+    data, engines = writer
+    engines.vllm.generate(list(data.test["prompt"]), Request(max_new_tokens=stop_model.MAX_NEW_TOKENS), seed=0)
+    prompt_tokens = len(engines.tokenizer(data.test["prompt"][0])["input_ids"])
+    assert prompt_tokens + stop_model.MAX_NEW_TOKENS <= 256  # the model's context is 512 (max_positions)
+    assert engines.vllm.llm.llm_engine.model_config.max_model_len == engines.vllm.max_model_len == 256
 
 
 # ---------------------------------------------------------------------------- SmolLM2-135M

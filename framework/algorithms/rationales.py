@@ -178,7 +178,7 @@ def sample_rationales(ctx: AlgorithmContext, config: RationaleSamplingConfig,
     def generate(engine):
         log.info("sampling %d rationales for each of %d training questions", config.rationales_per_question, count)
         request = sample_request(config.rationales_per_question, config.temperature, config.top_p,
-                                 config.max_new_tokens)
+                                 config.max_new_tokens, ctx.data.stop)
         outputs = engine.generate(prompts, request, seed=ctx.seed)
         questions = []
         for index, (prompt, gold, candidates) in enumerate(zip(prompts, golds, outputs)):

@@ -39,7 +39,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 from framework import registry
 from framework.algorithms import AlgorithmContext
@@ -156,9 +156,9 @@ def explore_first_pits(targets: list[ExplorationTarget], continue_prefixes: Call
 
 
 def sampling_explorer(engine, continuations_per_step: int, temperature: float, top_p: float, max_new_tokens: int,
-                      seed: int) -> Callable[..., list[list[str]]]:
-    """`continue_prefixes` on one open engine for every round (k samples per prefix)."""
-    request = sample_request(continuations_per_step, temperature, top_p, max_new_tokens)
+                      seed: int, stop: Sequence[str] = ()) -> Callable[..., list[list[str]]]:
+    """`continue_prefixes` on one open engine for every round (k samples per prefix; `stop`: the data's)."""
+    request = sample_request(continuations_per_step, temperature, top_p, max_new_tokens, stop)
 
     def continue_prefixes(prompts: list[str], keys: list[int] | None = None) -> list[list[str]]:
         outputs = engine.generate(prompts, request, seed=seed, keys=keys)
@@ -337,7 +337,7 @@ def explore(ctx: AlgorithmContext, config: SelfExploreConfig, targets_key: dict,
                  config.exploration_schedule)
         continue_prefixes = sampling_explorer(
             engine, config.continuations_per_step, config.exploration_temperature, config.exploration_top_p,
-            config.continuation_max_new_tokens, ctx.seed)
+            config.continuation_max_new_tokens, ctx.seed, ctx.data.stop)
         records = explore_first_pits(targets, continue_prefixes,
                                      lambda text, gold: ctx.data.checker.check(text, gold).correct,
                                      config.max_explored_steps, config.exploration_schedule)

@@ -113,7 +113,8 @@ def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig)
 
     def generate(engine):
         log.info("sampling %d responses for each of %d training prompts", config.samples_per_prompt, len(prompts))
-        request = sample_request(config.samples_per_prompt, config.temperature, config.top_p, config.max_new_tokens)
+        request = sample_request(config.samples_per_prompt, config.temperature, config.top_p, config.max_new_tokens,
+                                 ctx.data.stop)
         outputs = engine.generate(prompts, request, seed=ctx.seed)
         sampled = [SampledPrompt(prompt, candidates, [ctx.data.checker.extract(c.text) for c in candidates])
                    for prompt, candidates in zip(prompts, outputs)]

@@ -42,7 +42,7 @@ from framework.data import answers
 from framework.data.answers import (GaokaoAnswerChecker, LetterAnswerChecker, MathAnswerChecker,
                                     NumericAnswerChecker, extract_strict, last_boxed)
 from framework.data.task import TaskData
-from framework.data.prompts import PROMPT_FORMATS, few_shot_block, fill
+from framework.data.prompts import PROMPT_FORMATS, few_shot_block, few_shot_stop, fill
 from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -411,7 +411,7 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
     if not test_problems:
         raise ConfigError(f"dataset: no test rows left in {test_source.identity} after skipping rows without an "
                           "answer (dataset.rows_without_answer=skip) or with an empty one")
-    prefix = ""
+    prefix, stop = "", ()
     if config.prompt_format == "few_shot":
         count = config.few_shot_examples
         if len(train_problems) < count:
@@ -425,6 +425,7 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
                               "solution to show")
         prefix = few_shot_block(config.prompt_template, config.target_delimiter, config.few_shot_separator,
                                 [(p.question, p.demonstration) for p in exemplars])
+        stop = few_shot_stop(config.prompt_template, config.few_shot_separator)
     train_problems = _limit(train_problems, config.train_size)
 
     def with_completion(problems: list[Problem]) -> bool:
@@ -436,11 +437,13 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
                    if key not in ("path", "check_timeout_seconds")}  # neither changes the rows
     fingerprint.update(loader_version=LOADER_VERSION, test_source=test_source.identity,
                        train_source=train_source.identity if train_source is not None else None)
+    if stop:  # they change every generated text (keys of data without them stay as they were)
+        fingerprint["stop"] = list(stop)
     log.info("dataset %s: %d training rows, %d test rows, prompt format %s", config.name, len(train), len(test),
              config.prompt_format)
     return TaskData(train, test, make_checker(train_problems + test_problems), fingerprint,
                     prompt_format=config.prompt_format, system_prompt=config.system_prompt,
-                    dropped_empty_gold=len(test_empty))
+                    dropped_empty_gold=len(test_empty), stop=stop)
 
 
 # ---------------------------------------------------------------------------- the options

@@ -8,8 +8,15 @@
 
 The demonstration a method trains on (`completion`) follows the same format: target_delimiter +
 demonstration for zero_shot / few_shot, the bare demonstration (the assistant turn) for chat.
+
 Templates are filled with `str.replace`, not `str.format`, so LaTeX braces such as `\\boxed{}` in an
 instruction need no escaping.
+
+Stop strings (`few_shot_stop`). A few-shot prompt invites the model, once it has answered, to go on with the next
+exemplar; the answer extractors read the last `\\boxed{}` / `####`, so that invented exemplar's answer would be
+scored. Every generating stage therefore ends a few-shot sequence at what begins the next exemplar (the
+separator, then the template's text before `{question}`) and cuts it from the text. Zero-shot and chat prompts
+need none: nothing in them invites a continuation, and a chat model ends its turn with its own end token.
 """
 from __future__ import annotations
 
@@ -26,6 +33,15 @@ def few_shot_block(template: str, delimiter: str, separator: str, exemplars: lis
     """The exemplars (question, demonstration) as text that precedes each prompt."""
     return "".join(fill(template, question) + delimiter + demonstration + separator
                    for question, demonstration in exemplars)
+
+
+def few_shot_stop(template: str, separator: str) -> tuple[str, ...]:
+    """The stop strings of a few-shot prompt: what begins the next exemplar, the separator followed by the
+    template's text before `{question}` less its trailing whitespace, which a tokenizer may glue to the next word
+    (GSM8K: "\\n\\nQuestion:"; a template that starts with the question: the separator alone). None when both
+    are empty (the exemplars run into each other: no marker to stop at)."""
+    stop = separator + template.split("{question}", 1)[0].rstrip()
+    return (stop,) if stop else ()
 
 
 def chat_renderer(tokenizer, system_prompt: str | None):

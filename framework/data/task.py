@@ -40,6 +40,9 @@ class TaskData:
     # (prompt, the solution's steps) -> the 1-based first step no correct solution has, or None when all are right;
     # None: the task has no exact check (the premises then compare with the demonstration, an approximation)
     first_wrong_step: Callable[[str, list[str]], int | None] | None = None
+    # strings that end every generated sequence (excluded from its text): few-shot prompts' start of the next
+    # exemplar (prompts.few_shot_stop); empty for zero-shot and chat prompts
+    stop: tuple[str, ...] = ()
 
     UNLABELLED_COLUMNS = ("question", "prompt")
 
