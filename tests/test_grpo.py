@@ -181,6 +181,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow  # three GRPO steps, twice: about a minute on 2 busy cores
 def test_an_interrupted_run_resumes_with_the_groups_recorded_before_its_checkpoint(model_and_tokenizer, tmp_path,
                                                                                  monkeypatch):
     ctx = _context(model_and_tokenizer, tmp_path, max_steps=3)
@@ -216,6 +217,7 @@ def _varied_reward(self, prompts, completions, gold_answer, **kwargs):
     return [float(len(text) % 2) for text in completions]
 
 
+@pytest.mark.slow  # a whole job: SFT, GRPO, its control, two evaluations
 def test_a_job_trains_optimizer_steps_its_control_copies_them_and_the_premise_matches_trls_log(
         compose_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(AnswerReward, "__call__", _varied_reward)
