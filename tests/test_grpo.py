@@ -139,6 +139,29 @@ def test_engine_vllm_becomes_trls_colocated_vllm_sized_by_the_engine_config(tmp_
     assert generation_arguments(None, 1536) == {"use_vllm": False}
 
 
+def test_the_rollouts_engine_is_part_of_the_trained_models_key(monkeypatch, tmp_path):
+    """A model trained on transformers' rollouts is not reused for engine=vllm (their samples differ)."""
+    import framework.algorithms.grpo as grpo
+
+    specs = []
+
+    def capture(ctx, kind, spec, *args, **kwargs):
+        specs.append(spec)
+        raise StopIteration
+
+    monkeypatch.setattr(grpo, "train_in_stage", capture)
+    data = TaskData(train=Dataset.from_dict({"prompt": PROMPTS, "gold_answer": GOLD}), test=None, checker=CHECKER,
+                    fingerprint={"test": "grpo"})
+    for engine in (TransformersEngineConfig(), VLLMEngineConfig(), TransformersEngineConfig(compile=True)):
+        ctx = AlgorithmContext(config=GRPOAlgorithmConfig(), base=ModelHandle("base", {"base": "b"}), data=data,
+                               stages=None, runtime=None, seed=0, report_to="none", output_dir=tmp_path, engine=engine)
+        with pytest.raises(StopIteration):
+            run(ctx)
+    transformers, vllm, compiled = specs
+    assert transformers != vllm and vllm["rollouts"]["use_vllm"]
+    assert transformers == compiled  # TRL's generation reads none of the transformers engine's keys
+
+
 # ---------------------------------------------------------------------------- through TRL's trainer
 def _context(model_and_tokenizer, tmp_path, **config) -> AlgorithmContext:
     model, tokenizer = model_and_tokenizer

@@ -210,7 +210,10 @@ def make_grpo_trainer(ctx: AlgorithmContext, config: GRPOAlgorithmConfig, checkp
 @registry.algorithms.register("grpo", GRPOAlgorithmConfig)
 def run(ctx: AlgorithmContext) -> ModelHandle:
     reward_groups: list[dict] = []  # the trainer fills it; the stage's record keeps it (train_in_stage commits it)
-    trained = train_in_stage(ctx, "grpo", ctx.stage_spec(),
+    # the rollouts' sampler is part of what the model is: vLLM's samples are not transformers'
+    spec = ctx.stage_spec(algorithm=ctx.config, base=ctx.base, data=ctx.data,
+                          rollouts=generation_arguments(ctx.engine, ctx.config.max_length))
+    trained = train_in_stage(ctx, "grpo", spec,
                              lambda checkpoint_dir: make_grpo_trainer(ctx, ctx.config, checkpoint_dir, reward_groups),
                              code=__name__, metadata={"reward_groups": reward_groups})
     # from the record, so that a job reusing the trained model measures the same premise
