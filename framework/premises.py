@@ -2,7 +2,8 @@
 
 The sharpening methods assume that the model's self-reward picks better answers than it writes greedily;
 BoN-SFT that its targets are mostly right; DPO on self-ranked pairs that the preferred side is the right
-one more often than not; Self-Explore that exploration finds the step where a rationale first went wrong.
+one more often than not; Self-Explore that exploration finds the step where a rationale first went wrong;
+GRPO that a question's samples differ in reward (a group of equal rewards has no advantage, so no gradient).
 A method sees none of this (the label-free ones never see a gold answer): the launcher measures it after
 training, with the labelled data, from what the method recorded in `ctx.artifacts`, and writes it to the
 job's results.json under `premises`; the report's premises section reads it from there.
@@ -15,6 +16,7 @@ What each method records (the key in `ctx.artifacts`):
 - `rationales`: (the rationale set, the kept-set keys): RFT, outcome DPO, Self-Explore. RFT assumes several
   distinct correct rationales per question (its data is up to M of them); on a task with one way to write each
   solution, deduplication leaves one, the demonstration itself.
+- `reward_groups`: per training round, each group's mean reward and whether its rewards differ: GRPO.
 """
 from __future__ import annotations
 
@@ -125,6 +127,33 @@ def rationale_premises(questions, kept_keys: dict) -> dict:
             "questions_with_a_correct_share": sum(bool(kept.correct) for kept in uncapped) / len(questions)}
 
 
+def reward_group_premises(rounds: list[dict]) -> dict:
+    """GRPO's premise from its recorded rounds (algorithms/grpo.py `group_summary`): the share of groups whose
+    rewards differ, overall and in the first and last tenth of the rounds (as the model learns, more groups
+    are all right); the shares of groups all right and all wrong (reward 1 = right: the answer checker's);
+    the mean reward in the first and last tenth."""
+    groups = [(mean, differ) for row in rounds for mean, differ in zip(row["mean_reward"], row["rewards_differ"])]
+    if not groups:
+        return {}
+    tenth = max(1, len(rounds) // 10)
+
+    def share_differ(part: list[dict]) -> float:
+        flags = [differ for row in part for differ in row["rewards_differ"]]
+        return sum(flags) / len(flags)
+
+    def mean_reward(part: list[dict]) -> float:
+        means = [mean for row in part for mean in row["mean_reward"]]
+        return sum(means) / len(means)
+
+    return {"reward_rounds": len(rounds), "reward_groups": len(groups),
+            "groups_rewards_differ_share": sum(differ for _, differ in groups) / len(groups),
+            "groups_rewards_differ_share_first_tenth": share_differ(rounds[:tenth]),
+            "groups_rewards_differ_share_last_tenth": share_differ(rounds[-tenth:]),
+            "groups_all_right_share": sum(not differ and mean == 1.0 for mean, differ in groups) / len(groups),
+            "groups_all_wrong_share": sum(not differ and mean == 0.0 for mean, differ in groups) / len(groups),
+            "reward_first_tenth": mean_reward(rounds[:tenth]), "reward_last_tenth": mean_reward(rounds[-tenth:])}
+
+
 def measure(artifacts: dict, labelled, checker, greedy: Callable | None = None) -> dict:
     """Every premise the job's artifacts allow; `labelled`: the task data with gold answers; `greedy(model,
     prompts) -> texts`: the sampling model's greedy outputs (None: that comparison is left out)."""
@@ -148,4 +177,6 @@ def measure(artifacts: dict, labelled, checker, greedy: Callable | None = None) 
                                    labelled.first_wrong_step))
     if "rationales" in artifacts:
         values.update(rationale_premises(*artifacts["rationales"]))
+    if "reward_groups" in artifacts:
+        values.update(reward_group_premises(artifacts["reward_groups"]))
     return values

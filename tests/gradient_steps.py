@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import MethodType
+from types import MethodType, SimpleNamespace
 
 import torch
 
 ROWS = 32
 METHODS = ("sft", "soc_token_mean", "soc_sequence_mean", "soc_all_states", "dpo_squared", "dpo_sigmoid",
-           "self_explore_dpo", "xpo")
+           "self_explore_dpo", "xpo", "grpo")
 
 
 def _context(workdir: Path, config, seed: int = 0):
@@ -68,6 +68,24 @@ def _fake_xpo_sample(self, model, prompt_ids, prompt_mask):
     return completion, mask
 
 
+class _LengthParity:
+    """A checker whose verdict is the completion's length parity: a random model's groups then differ in reward."""
+
+    def check(self, text, gold):
+        return SimpleNamespace(correct=len(text) % 2 == 0)
+
+
+def _fake_grpo_rollouts(self, prompt_ids, *args, **kwargs):
+    """Deterministic rollouts, a function of the prompt and of the row's place in its group (TRL repeats each
+    prompt G times in a row), so that both ways of splitting the step train on the same 32 completions."""
+    eos, vocabulary = self.eos_token_ids[0], len(self._tokenizer) - 10
+    rows = []
+    for index, ids in enumerate(prompt_ids):
+        key = sum(ids) + index % self.num_generations
+        rows.append([10 + (key * (j + 3)) % vocabulary for j in range(3 + key % 5)] + [eos])
+    return rows, None
+
+
 def make_trainer(method: str, batch: int, accumulation: int, workdir: Path):
     from framework.algorithms.dpo import SquaredSharpeningDPOTrainer
     from framework.algorithms.sft_stage import SFTAlgorithmConfig, make_sft_trainer
@@ -117,6 +135,15 @@ def make_trainer(method: str, batch: int, accumulation: int, workdir: Path):
         ctx = type(ctx)(**{**vars(ctx), "data": ctx.data.without_labels()})
         trainer = make_xpo_trainer(ctx, ctx.config, checkpoints)
         trainer._sample = MethodType(_fake_xpo_sample, trainer)
+        return trainer
+    if method == "grpo":  # one generation round of 8 prompts x 4 rollouts, split into the micro-batches
+        from framework.algorithms.grpo import GRPOAlgorithmConfig, make_grpo_trainer
+
+        ctx = _context(workdir, GRPOAlgorithmConfig(**keys, starting_point="base", num_generations=4,
+                                                    max_new_tokens=12))
+        ctx.data.checker = _LengthParity()
+        trainer = make_grpo_trainer(ctx, ctx.config, checkpoints, [])
+        trainer._generate_single_turn = MethodType(_fake_grpo_rollouts, trainer)
         return trainer
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 

@@ -253,7 +253,7 @@ def test_the_key_walk_checks_nested_and_listed_nodes_but_not_free_form_ones():
 
 @pytest.mark.parametrize("algorithm, key, value", [
     ("sft", "optim", "sgd"), ("sft", "lr_scheduler_kwargs", "{power: 2.0}"), ("soc", "bf16", "false"),
-    ("dpo", "ld_alpha", "0.5"), ("xpo", "missing_eos_penalty", "1.0"),
+    ("dpo", "ld_alpha", "0.5"), ("xpo", "missing_eos_penalty", "1.0"), ("grpo", "mask_truncated_completions", "true"),
     ("self_explore", "rft.trainer.optim", "adafactor"), ("outcome_dpo", "sft.trainer.optim", "sgd"),
 ])
 def test_any_field_of_the_methods_trl_config_is_reachable_under_trainer(compose_cfg, algorithm, key, value):

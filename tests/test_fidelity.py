@@ -95,3 +95,22 @@ def test_soc_is_paired_with_sft_under_the_same_width_and_length_penalty(tmp_path
     assert rows["SOC >= SFT, beam width 4, summed log-prob"].endswith("| held |")
     assert "-100.0" in rows["SOC >= SFT, beam width 4, mean log-prob"]
     assert rows["SOC >= SFT, beam width 4, mean log-prob"].endswith("| not held |")
+
+
+def test_grpo_premise_row_reads_the_share_of_groups_whose_rewards_differ_per_seed(tmp_path):
+    values = {0: {"groups_rewards_differ_share": 0.6, "groups_rewards_differ_share_first_tenth": 0.8,
+                  "groups_rewards_differ_share_last_tenth": 0.4, "groups_all_right_share": 0.3,
+                  "groups_all_wrong_share": 0.1},
+              1: {"groups_rewards_differ_share": 0.4, "groups_rewards_differ_share_first_tenth": 0.6,
+                  "groups_rewards_differ_share_last_tenth": 0.2, "groups_all_right_share": 0.5,
+                  "groups_all_wrong_share": 0.1}}
+    runs = []
+    for seed, premises in values.items():
+        run = _job(tmp_path, f"g{seed}", "grpo", "greedy", seed, [_row(0, True), _row(1, False)])
+        run.result.premises = premises
+        runs.append(run)
+    text = "\n".join(fidelity.premises_lines(aggregate(runs, compare=False)))
+    # seed 1 is below 0.5: the premise does not hold for every seed
+    assert "| grpo: groups whose rewards differ (the others give no gradient) | 0.5 (seeds: 0.6, 0.4) | >= 0.5 | no |" \
+        in text
+    assert "| 0.7 (seeds: 0.8, 0.6) / 0.3 (seeds: 0.4, 0.2); 0.4 (seeds: 0.3, 0.5) / 0.1 (seeds: 0.1, 0.1) |" in text

@@ -23,6 +23,9 @@ ALGORITHM_OVERRIDES = {
     "bon_sft": SAMPLING,
     "dpo": SAMPLING,
     "xpo": ["algorithm.starting_point=base", "algorithm.max_new_tokens=12"],
+    # FAST_TRAINING's batch of 8 completions: 2 questions x 4 samples a step
+    "grpo": ["algorithm.starting_point=base", "algorithm.max_new_tokens=12", "algorithm.num_generations=4",
+             "algorithm.gradient_accumulation_steps=1"],
     # The random base gets no rationale right, so RFT has no target and Self-Explore / outcome DPO no pair:
     # on_empty=skip_training runs sampling, exploration and pair building, then returns the start model
     # (by default that is a ConfigError; tests/test_self_explore.py trains every stage on scripted samples).
@@ -210,7 +213,7 @@ def test_sft_yaml_equals_the_defaults_the_warm_start_uses(compose_cfg, experimen
     sft_job = to_validated(compose_cfg([f"experiment={experiment}", "algorithm=sft"])).algorithm
     if experiment == "none":
         assert sft_job == SFTAlgorithmConfig()
-    for method in ("bon_sft", "dpo", "xpo", "rft", "outcome_dpo", "self_explore"):  # their default warm start
+    for method in ("bon_sft", "dpo", "xpo", "rft", "outcome_dpo", "self_explore", "grpo"):  # their default warm start
         warm_start = to_validated(compose_cfg([f"experiment={experiment}", f"algorithm={method}"])).algorithm.sft
         assert {"name": "sft", **asdict(warm_start)} == asdict(sft_job), method
     soc = to_validated(compose_cfg([f"experiment={experiment}", "algorithm=soc"])).algorithm

@@ -85,6 +85,8 @@ def test_adapter_checkpoint_equals_merged_checkpoint(compose_cfg, tmp_path):
     ("dpo", ["algorithm.starting_point=base", "algorithm.samples_per_prompt=3", "algorithm.max_new_tokens=12",
              "algorithm.require_finished=false"]),
     ("xpo", ["algorithm.starting_point=base", "algorithm.max_new_tokens=12"]),
+    ("grpo", ["algorithm.starting_point=base", "algorithm.max_new_tokens=12", "algorithm.num_generations=4",
+              "algorithm.gradient_accumulation_steps=1"]),  # beta > 0: the reference is the adapter switched off
     ("soc", []),
 ])
 def test_every_trainer_family_trains_with_lora(compose_cfg, shared_cache, tmp_path, algorithm, extra):

@@ -83,10 +83,16 @@ RECIPES = [
     ("self_explore_paper", "sft", "decoder.name", "greedy", "greedy, zero-shot, 512 / 1024 new tokens"),
     ("self_explore_paper", "sft", "decoder.max_new_tokens", 512, "greedy, zero-shot, 512 / 1024 new tokens"),
     ("self_explore_paper", "sft", "dataset.prompt_template", "{question}\n", "right-stripped, plus one"),
+    # GRPO (paper-recipes.md, "GRPO"): no preset of its own, the method's defaults are the paper's
+    ("none", "grpo", "algorithm.learning_rate", 1e-6, "policy lr 1e-6"),
+    ("none", "grpo", "algorithm.beta", 0.04, "KL coefficient 0.04"),
+    ("none", "grpo", "algorithm.num_generations", 64, "64 samples a question"),
+    ("none", "grpo", "algorithm.num_iterations", 1, "one policy update per exploration stage"),
 ]
 GLOBAL_BATCHES = [  # per-device batch x accumulation on one device
     ("self_explore_paper", "sft", 64, "global batch 64"), ("self_explore_paper", "rft", 64, "global batch 64"),
     ("self_explore_paper", "self_explore", 32, "global batch 32"),
+    ("none", "grpo", 1024, "batch 1024 samples"),  # completions, as TRL counts: 16 questions x 64
 ]
 
 

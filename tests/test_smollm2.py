@@ -36,6 +36,7 @@ ALGORITHMS = {
     "bon_sft": [*SAMPLING, "algorithm.samples_per_prompt=4"],
     "dpo": [*SAMPLING, "algorithm.samples_per_prompt=4"],
     "xpo": ["algorithm.starting_point=base", "algorithm.max_new_tokens=24"],
+    "grpo": ["algorithm.starting_point=base", "algorithm.max_new_tokens=24", "algorithm.num_generations=2"],
     "rft": RATIONALES,
     "outcome_dpo": [*RATIONALES, *RFT_STAGE],
     "self_explore": [*RATIONALES, *RFT_STAGE, "algorithm.continuations_per_step=2",
@@ -92,7 +93,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # and XPO, which its paper has in theory) on MATH with LoRA, the Self-Explore preset's family on GSM8K-format sums.
 PRESET_OF = {"sft": "soc_paper", "soc": "soc_paper", "bon_sft": "sharpening_paper", "dpo": "sharpening_paper",
              "xpo": "sharpening_paper", "rft": "self_explore_paper", "outcome_dpo": "self_explore_paper",
-             "self_explore": "self_explore_paper"}
+             "self_explore": "self_explore_paper",
+             "grpo": "self_explore_paper"}  # GRPO has no preset of its own: GSM8K-format sums with outcome rewards
 SHRINK = {
     # zero-shot: a MATH exemplar alone fills the 256 training tokens these runs allow
     "soc_paper": [f"dataset.path={DATA / 'math'}", "dataset.prompt_format=zero_shot", "decoder.num_beams=2"],
@@ -124,4 +126,4 @@ def test_training_algorithm_runs_on_smollm2_through_its_paper_preset(compose_cfg
 
 # what the presets give each method (the recipes' rates; tests/test_presets.py holds them against the docs)
 ALGORITHMS_LR = {"sft": 1e-5, "soc": 1e-5, "bon_sft": 3e-4, "dpo": 1e-6, "xpo": 5e-7, "rft": 1e-5,
-                 "outcome_dpo": 1e-6, "self_explore": 1e-6}
+                 "outcome_dpo": 1e-6, "self_explore": 1e-6, "grpo": 1e-6}

@@ -21,6 +21,9 @@ GREEDY_RANGE = (0.40, 0.75)
 SAMPLE_OVER_GREEDY_MIN = 0.7
 PASS_N_OVER_GREEDY_MIN = 0.15
 RFT_DISTINCT_MIN = 2.0  # distinct correct rationales per question, on average
+# GRPO: groups whose rewards differ are the only ones with an advantage; this project's line is that most of each
+# batch should carry one (no paper states a value)
+GROUPS_DIFFER_MIN = 0.5
 EQUATION = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
 
 
@@ -179,6 +182,16 @@ def premises_lines(cells) -> list[str]:
                          "most at" if where == "at" else "", ""])
         at = pits["pit_at_first_wrong_step_share"]
         rows[-3][3] = "yes" if min(at.values()) > 0.5 else "no"
+    groups = _method_premises(cells, "grpo")
+    if "groups_rewards_differ_share" in groups:
+        differ = groups["groups_rewards_differ_share"]
+        rows.append(["grpo: groups whose rewards differ (the others give no gradient)", _seed_mean(differ),
+                     f">= {GROUPS_DIFFER_MIN}", "yes" if min(differ.values()) >= GROUPS_DIFFER_MIN else "no"])
+        share = lambda key: _seed_mean(groups[key])  # noqa: E731
+        rows.append(["grpo: the same, first / last tenth of training; groups all right / all wrong",
+                     f"{share('groups_rewards_differ_share_first_tenth')} / "
+                     f"{share('groups_rewards_differ_share_last_tenth')}; {share('groups_all_right_share')} / "
+                     f"{share('groups_all_wrong_share')}", "", ""])
     if not rows:
         return []
     return ["| premise | measured: mean (per seed) | wanted | holds |", "|---|---|---|---|",
