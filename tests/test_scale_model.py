@@ -25,7 +25,7 @@ def _rows() -> list[tuple[str, str, object]]:
 
 def test_the_table_covers_every_method_that_trains():
     methods = {method for method, _, _ in _rows()}
-    assert {"sft", "soc", "rft", "outcome_dpo", "self_explore", "bon_sft", "dpo", "xpo"} <= methods
+    assert {"sft", "soc", "rft", "outcome_dpo", "self_explore", "bon_sft", "dpo", "xpo", "grpo"} <= methods
     assert len(_rows()) >= 40
 
 

@@ -40,7 +40,7 @@ from trl import GRPOTrainer as TRLGRPOTrainer
 
 from framework import distributed, registry
 from framework.algorithms import AlgorithmContext
-from framework.algorithms.training import peft_config, train_in_stage, trainer_arguments
+from framework.algorithms.training import peft_config, train_in_stage, trainable_model, trainer_arguments
 from framework.config import AlgorithmConfig, StartingPointConfig, TrainingConfig, require
 from framework.models import ModelHandle
 
@@ -201,7 +201,7 @@ def make_grpo_trainer(ctx: AlgorithmContext, config: GRPOAlgorithmConfig, checkp
                     ctx.engine.dtype)
     train = Dataset.from_dict({"prompt": list(ctx.data.train["prompt"]),
                                "gold_answer": list(ctx.data.train["gold_answer"])})
-    return GRPOTrainer(model=ctx.base.load_model(ctx.runtime), reward_funcs=AnswerReward(ctx.data.checker),
+    return GRPOTrainer(model=trainable_model(ctx, ctx.base), reward_funcs=AnswerReward(ctx.data.checker),
                        args=TRLGRPOConfig(**grpo_arguments(config, ctx, checkpoint_dir)), train_dataset=train,
                        processing_class=ctx.base.load_tokenizer(), peft_config=peft_config(ctx),
                        reward_groups=reward_groups)
