@@ -65,7 +65,7 @@ def test_headline_changes_only_what_it_says_on_top_of_the_embedded_preset(compos
     assert headline["dataset"] == {**plain["dataset"], "test_size": 500}
     assert headline["model"] == plain["model"]
     assert headline["evaluation"] == {**plain["evaluation"], "control_decoders": ["greedy"]}
-    assert headline["decoder"] == {**plain["decoder"], "samples_per_prompt": 16, "max_problems": 100,
+    assert headline["decoder"] == {**plain["decoder"], "samples_per_prompt": 16, "max_problems": 256,
                                    "greedy_reference": False}
     assert compose_cfg(["experiment=headline", "decoder=beam"]).decoder.num_beams == 4
     assert headline["algorithm"]["samples_per_prompt"] == 16 == headline["decoder"]["samples_per_prompt"]
