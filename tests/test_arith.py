@@ -9,13 +9,14 @@ SPEC = ArithDatasetConfig().spec()
 
 
 def _check_answer(row):
-    """Every line is a correct equation chaining from the last one; the final line is '#### value'."""
+    """Every line is a correct equation chaining from the last one (the running amount first, or second in a commuted
+    addition or product); the final line is '#### value'."""
     *steps, final = row["answer"].split("\n")
     value = None
     for line in steps:
         left, operator, right, _, result = line.split(" ")
         left, right, result = int(left), int(right), int(result)
-        assert value is None or left == value
+        assert value is None or left == value or (operator in "+*" and right == value)
         assert result == {"+": left + right, "-": left - right, "*": left * right}[operator]
         assert 0 <= result <= SPEC.value_max
         value = result
