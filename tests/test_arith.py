@@ -137,7 +137,8 @@ def test_the_exact_step_check_accepts_any_valid_order_and_finds_the_first_wrong_
 
 
 def test_version_2_problems_are_unchanged_by_the_new_keys_at_their_defaults():
-    story = arith.generate_splits(SPEC, {"train": 50}, seed=1)["train"]
+    version_2 = ArithDatasetConfig(solution_order="story", commute_additions=0.0).spec()
+    story = arith.generate_splits(version_2, {"train": 50}, seed=1)["train"]
     for row in story:  # the demonstration is the question's order, each addition running amount first
         value = row["start"]
         for line, (operation, amount) in zip(row["answer"].split("\n"), row["changes"]):
@@ -146,7 +147,7 @@ def test_version_2_problems_are_unchanged_by_the_new_keys_at_their_defaults():
 
 
 def test_the_held_out_pool_is_disjoint_and_leaves_train_and_test_as_they_were():
-    plain = load_arith(ArithDatasetConfig(train_size=100, test_size=50))
+    plain = load_arith(ArithDatasetConfig(train_size=100, test_size=50, heldout_size=0))
     pooled = load_arith(ArithDatasetConfig(train_size=100, test_size=50, heldout_size=60))
     assert plain.heldout is None and len(pooled.heldout) == 60
     assert list(plain.train["prompt"]) == list(pooled.train["prompt"])

@@ -33,7 +33,7 @@ UNKNOWN = "unknown key; {option} has no such key (python -m framework --cfg job 
 
 @pytest.mark.parametrize("case, overrides, expected", [
     ("unknown algorithm", ["algorithm=nope"],
-     "error: algorithm=nope: no such option; available: bon_sft, dpo, none, outcome_dpo, rft, self_explore, sft, soc"),
+     "error: algorithm=nope: no such option; available: bon_sft, dpo, grpo, none, outcome_dpo, rft, self_explore, sft, soc"),
     ("unknown experiment", ["experiment=fast"], "error: experiment=fast: no such option; available: "),
     ("emptied group", ["experiment=null"], "error: experiment needs an option (got 'experiment=null'); experiment=none"),
     ("deleted group", ["~decoder"], "error: decoder needs an option (got '~decoder')"),
@@ -60,7 +60,7 @@ UNKNOWN = "unknown key; {option} has no such key (python -m framework --cfg job 
     ("trainer value", ["+algorithm.trainer.optim=adafactorr"],
      "error: algorithm.trainer.optim is not a valid OptimizerNames (did you mean adafactor?); one of adamw_torch, "),
     ("schema as an option", ["algorithm=sft_schema"],
-     "error: algorithm=sft_schema: a schema, not an option; available: bon_sft, dpo, none, outcome_dpo, rft, "),
+     "error: algorithm=sft_schema: a schema, not an option; available: bon_sft, dpo, grpo, none, outcome_dpo, rft, "),
 ])
 @pytest.mark.slow
 def test_bad_input_fails_fast_with_a_readable_message(tmp_path, case, overrides, expected):

@@ -190,7 +190,7 @@ def test_impossible_values_raise_config_error_naming_the_key(compose_cfg, overri
 
 
 @pytest.mark.parametrize("overrides, line", [
-    (["algorithm=nope"], "algorithm=nope: no such option; available: bon_sft, dpo, none, "),
+    (["algorithm=nope"], "algorithm=nope: no such option; available: bon_sft, dpo, grpo, none, "),
     (["experiment=fast"], "experiment=fast: no such option; available: embedded, headline, none"),
     (["decoder=beam", "decoder.num_beams=abc"], "decoder.num_beams: Value 'abc' of type 'str' could not be converted"),
     (["decoder.temperature=0.5"], "decoder.temperature: unknown key; decoder=greedy has no such key"),  # greedy: none

@@ -64,7 +64,8 @@ def test_the_premise_is_the_share_of_groups_whose_rewards_differ():
     assert values["groups_all_wrong_share"] == pytest.approx(1 / 20)
     assert values["reward_first_tenth"] == pytest.approx(0.125) and values["reward_last_tenth"] == 1.0
     assert premises.reward_group_premises([]) == {}
-    assert premises.measure({"reward_groups": rounds}, SimpleNamespace(train={"prompt": [], "gold_answer": []}),
+    assert premises.measure({"reward_groups": rounds}, SimpleNamespace(
+        train=Dataset.from_dict({"prompt": [], "gold_answer": []}), test=None, heldout=None),
                             CHECKER)["groups_rewards_differ_share"] == pytest.approx(9 / 20)
 
 

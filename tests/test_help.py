@@ -63,7 +63,7 @@ def test_a_schema_chosen_as_an_option_is_refused_with_the_options(hydra_loader):
     refuse_schema_choices({"algorithm": "sft", "decoder": "beam"}, hydra_loader)
     with pytest.raises(ConfigError) as error:
         refuse_schema_choices({"algorithm": "sft_schema"}, hydra_loader)
-    assert str(error.value) == ("algorithm=sft_schema: a schema, not an option; available: bon_sft, dpo, none, "
+    assert str(error.value) == ("algorithm=sft_schema: a schema, not an option; available: bon_sft, dpo, grpo, none, "
                                 "outcome_dpo, rft, self_explore, sft, soc, xpo")
 
 

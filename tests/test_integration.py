@@ -238,12 +238,14 @@ def test_a_methods_control_is_sft_on_demonstrations_from_its_start_with_its_step
     trained = json.loads(next((cache / "dpo").glob("*/stage.json")).read_text())
     control = json.loads((tmp_path / "sweep" / "1" / "control" / "results.json").read_text())
     assert control["control_of"] == "dpo" and control["policy"] == both["control"]["policy"]
-    record = json.loads((cache / "control" / control["policy"]["key"] / "stage.json").read_text())
+    # an sft stage keyed as algorithm=sft's would be (the control of a method from the base with SFT's keys is SFT)
+    assert control["policy"]["stage"] == "sft"
+    record = json.loads((cache / "sft" / control["policy"]["key"] / "stage.json").read_text())
     assert record["global_step"] == trained["global_step"] == 2
-    assert record["spec"]["training"]["learning_rate"] == both["algorithm_config"]["learning_rate"]
-    assert record["spec"]["training"]["lr_scheduler_type"] == both["algorithm_config"]["lr_scheduler_type"]
-    assert record["spec"]["start"] == trained["spec"]["base"]  # from the SFT model DPO trained from
-    assert record["spec"]["start"]["stage"] == "sft"
+    assert record["spec"]["algorithm"]["learning_rate"] == both["algorithm_config"]["learning_rate"]
+    assert record["spec"]["algorithm"]["lr_scheduler_type"] == both["algorithm_config"]["lr_scheduler_type"]
+    assert record["spec"]["base"] == trained["spec"]["base"]  # from the SFT model DPO trained from
+    assert record["spec"]["base"]["stage"] == "sft"
 
     results, missing = report.collect(tmp_path / "sweep")
     assert sorted(r.method_label for r in results) == ["dpo", "dpo", "dpo control"] and not missing
@@ -252,11 +254,14 @@ def test_a_methods_control_is_sft_on_demonstrations_from_its_start_with_its_step
     assert by_method["dpo"].control_comparison is not None and by_method["dpo control"].control_comparison is None
 
 
-def test_a_method_trained_from_the_base_model_has_no_control_beyond_sft(compose_cfg, tmp_path):
-    """SOC trains from the model as built, as SFT does: SFT is its control, and no control/ is written."""
-    result = run(compose_cfg([*_overrides("soc"), "evaluation.control_decoders=[greedy]"], tmp_path / "cache"),
-                 tmp_path / "job")
-    assert "control" not in result and not (tmp_path / "job" / "control").exists()
+def test_a_method_trained_from_the_base_with_sfts_keys_has_the_sft_model_itself_as_its_control(compose_cfg, tmp_path):
+    """SOC trains from the model as built with SFT's keys and steps: its control is the SFT model, reused from the
+    cache (the SFT job's own stage), not a second SFT trained beside it."""
+    cache = tmp_path / "cache"
+    sft = run(compose_cfg([*_overrides("sft")], cache), tmp_path / "sft")
+    result = run(compose_cfg([*_overrides("soc"), "evaluation.control_decoders=[greedy]"], cache), tmp_path / "soc")
+    assert result["control"]["policy"]["key"] == sft["policy"]["key"]
+    assert len(list((cache / "sft").glob("*/stage.json"))) == 1
 
 
 def test_decoder_max_problems_scores_the_first_problems_of_the_test_split(compose_cfg, tmp_path):

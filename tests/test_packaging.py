@@ -19,7 +19,10 @@ def test_every_subpackage_of_framework_is_in_the_package_list():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     subpackages = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "framework").rglob("__init__.py")}
-    assert set(setuptools["packages"]) == subpackages | {"framework.conf", "framework.sweeps"}
+    # and the sweeper's plugin package, which Hydra finds only under the namespace hydra_plugins
+    assert set(setuptools["packages"]) == subpackages | {"framework.conf", "framework.sweeps",
+                                                         "hydra_plugins.framework_sweeper"}
+    assert (REPO / "hydra_plugins" / "framework_sweeper" / "__init__.py").is_file()
     assert setuptools["package-dir"] == {"framework.conf": "conf", "framework.sweeps": "sweeps"}
 
 

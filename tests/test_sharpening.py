@@ -297,7 +297,8 @@ def unlabelled_context(tmp_path_factory):
 def test_trains_on_a_split_without_any_gold_answer(unlabelled_context, algorithm):
     from dataclasses import replace
 
-    cfg = compose_config([f"algorithm={algorithm}", "algorithm.starting_point=base", "algorithm.samples_per_prompt=3",
+    cfg = compose_config([f"algorithm={algorithm}", "algorithm.starting_point=base", "algorithm.prompt_pool=train",
+                          "algorithm.samples_per_prompt=3",
                           "algorithm.max_new_tokens=12", "algorithm.require_finished=false", "algorithm.max_steps=2",
                           "algorithm.per_device_train_batch_size=4", "algorithm.save_steps=1"])
     config = to_validated(cfg).algorithm
@@ -339,7 +340,7 @@ def test_a_precomputed_reference_holds_no_second_model_and_gives_the_same_loss(t
 
 
 # ---------------------------------------------------------------------------- the sampled set's key
-SHARPENING_SWEEP = Path(__file__).resolve().parent.parent / "conf" / "sweeps" / "sharpening.yaml"
+SHARPENING_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "sharpening.yaml"
 
 
 def _sweep_jobs(sweep_file: Path) -> list[list[str]]:

@@ -74,7 +74,7 @@ def test_a_bad_grid_point_is_refused_before_the_first_job_naming_its_overrides_a
 @pytest.mark.parametrize("arguments, message", [
     (["algorithm=sft,nope"], "sweep job 1 of 2 (algorithm=nope): algorithm=nope: no such option; available: bon_sft"),
     (["algorithm=sft,dpo_schema"], "sweep job 1 of 2 (algorithm=dpo_schema): algorithm=dpo_schema: a schema, not an "
-                                   "option; available: bon_sft, dpo, none"),
+                                   "option; available: bon_sft, dpo, grpo, none"),
     (["algorithm=sft,dpo", "+algorithm.trainer.optim=adafactorr"],
      "sweep job 0 of 2 (algorithm=sft): algorithm.trainer.optim is not a valid OptimizerNames"),
 ])
