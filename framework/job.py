@@ -34,20 +34,34 @@ log = logging.getLogger("framework")
 
 
 def _versions() -> dict:
-    import datasets
-    import torch
-    import transformers
-    import trl
+    from importlib import metadata
 
-    return {"framework": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "datasets": datasets.__version__}
+    versions = {"framework": __version__, "python": platform.python_version()}
+    for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name: float reductions are summed in an order that depends on its instruction set, so two
+    CPUs can give different numbers for the same commit (docs/reproducibility.md)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _hardware(runtime) -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "processes": distributed.world_size(),
+    info = {"platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "processes": distributed.world_size(),
             "device": runtime.device, "precision": runtime.precision}
     if runtime.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(runtime.device)

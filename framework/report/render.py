@@ -124,10 +124,36 @@ def _minimum_detectable_lines(cells: list[Cell]) -> list[str]:
             "methods, from each paired interval's standard error): " + "; ".join(parts) + ".", ""]
 
 
+def environment_lines(runs: list[Run]) -> list[str]:
+    """Where the numbers come from: the library versions and the machine of the jobs (results.json), which a
+    reader needs to reproduce them (docs/reproducibility.md). Several environments in one sweep are each listed,
+    with how many jobs ran in it."""
+    def describe(run: Run) -> str:
+        versions, hardware = run.result.versions or {}, run.result.hardware or {}
+        libraries = ", ".join(f"{name} {version}" for name, version in versions.items()
+                              if name not in ("framework", "python") and version)
+        machine = hardware.get("gpu") or hardware.get("cpu") or hardware.get("platform") or "an unrecorded machine"
+        threads = f", {hardware['torch_threads']} torch threads" if hardware.get("torch_threads") else ""
+        return (f"framework {versions.get('framework', '?')}, Python {versions.get('python', '?')}, {libraries}; "
+                f"{machine} ({hardware.get('cpu_count', '?')} CPUs{threads}, {hardware.get('device', '?')}, "
+                f"{hardware.get('precision', '?')})")
+
+    counts: dict[str, int] = {}
+    for run in runs:
+        described = describe(run)
+        counts[described] = counts.get(described, 0) + 1
+    if len(counts) == 1:
+        return [f"Measured with {next(iter(counts))}."]
+    return ["Measured in several environments (numbers may differ across them: docs/reproducibility.md):", "",
+            *[f"- {jobs} job(s): {described}" for described, jobs in counts.items()]]
+
+
 def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: list[str],
                     plots: list[tuple[str, str | None]] | None, baseline: str = BASELINE,
-                    resamples: int = BOOTSTRAP_RESAMPLES) -> str:
+                    resamples: int = BOOTSTRAP_RESAMPLES, environment: list[str] | None = None) -> str:
     lines = [f"# Comparison report: {title}", ""]
+    if environment:
+        lines += [*environment, ""]
     if missing:
         lines += [f"**{len(missing)} job(s) without results** (failed, killed or never started); their rows "
                   "are missing or rest on fewer seeds:", ""] + [f"- {line}" for line in missing] + [""]
@@ -210,7 +236,7 @@ def write_report(runs: list[Run], out_dir: Path, title: str, missing: list[str],
         for name, reason in drawn:
             if reason is not None:
                 print(f"plot {name} skipped: {reason}", file=sys.stderr)
-    text = report_markdown(cells, title, missing, checks, drawn, baseline, resamples)
+    text = report_markdown(cells, title, missing, checks, drawn, baseline, resamples, environment_lines(runs))
     (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
     (out_dir / "report.csv").write_text(report_csv(cells), encoding="utf-8")
     return text
