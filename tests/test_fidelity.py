@@ -3,7 +3,7 @@ import json
 from types import SimpleNamespace
 
 from framework.report import Run, aggregate, fidelity
-from framework.report.sweep import scores_from_rows
+from framework.report.sweep import label_runs, scores_from_rows
 from framework.results import JobResult
 
 
@@ -114,3 +114,19 @@ def test_grpo_premise_row_reads_the_share_of_groups_whose_rewards_differ_per_see
     assert "| grpo: groups whose rewards differ (the others give no gradient) | 0.5 (seeds: 0.6, 0.4) | >= 0.5 | no |" \
         in text
     assert "| 0.7 (seeds: 0.8, 0.6) / 0.3 (seeds: 0.4, 0.2); 0.4 (seeds: 0.3, 0.5) / 0.1 (seeds: 0.1, 0.1) |" in text
+
+
+def test_each_prompt_pool_of_a_sharpening_method_has_its_own_premise_rows(tmp_path):
+    """bon_sft on the held-out pool and on the test prompts (the paper's protocol) are two rows: each gets its own
+    premises (before: a row labelled `bon_sft(prompt_pool=...)` was matched against `bon_sft` and got none)."""
+    runs = []
+    for pool, right in (("heldout", 0.6), ("test", 0.4)):
+        run = _job(tmp_path, f"b{pool}", "bon_sft", "greedy", 0, [_row(0, True), _row(1, False)])
+        run.result.algorithm_config = {"prompt_pool": pool}
+        run.result.premises = {"greedy_accuracy": 0.5, "prompts": 256, "samples_per_prompt": 16,
+                               "best_of_n_logprob": 0.55, "targets_right_share": right}
+        runs.append(run)
+    label_runs(runs)
+    text = "\n".join(fidelity.premises_lines(aggregate(runs, compare=False)))
+    assert "| bon_sft(prompt_pool=heldout): share of its SFT targets that are right | 0.6 (seeds: 0.6) |" in text
+    assert "| bon_sft(prompt_pool=test): share of its SFT targets that are right | 0.4 (seeds: 0.4) |" in text

@@ -139,7 +139,12 @@ def premises_lines(cells) -> list[str]:
             rows.append([f"SFT pass@{size} - greedy, points", _seed_mean({s: 100 * g for s, g in gap.items()}),
                          f">= {100 * PASS_N_OVER_GREEDY_MIN:.0f}",
                          "yes" if min(gap.values()) >= PASS_N_OVER_GREEDY_MIN else "no"])
-    for method in ("bon_sft", "dpo"):
+    # each row of a sharpening method: `bon_sft(prompt_pool=heldout)` and `bon_sft(prompt_pool=test)` sample
+    # different prompts, so each has its own premises (a control trains on demonstrations and has none)
+    sharpening_rows = dict.fromkeys(cell.algorithm for cell in cells if cell.runs
+                                    and cell.runs[0].result.algorithm in ("bon_sft", "dpo")
+                                    and not any(run.result.control_of for run in cell.runs))
+    for method in sharpening_rows:
         values = _method_premises(cells, method)
         if "greedy_accuracy" not in values:
             continue
