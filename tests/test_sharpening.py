@@ -362,7 +362,7 @@ def _sampled_set_spec(monkeypatch, config) -> dict:
     specs = []
     monkeypatch.setattr(sharpening, "generated_records",
                         lambda ctx, kind, spec, *args, **kwargs: (specs.append(spec), ([], "key", {}))[1])
-    data = load_arith(ArithDatasetConfig(train_size=8, test_size=2)).without_labels()
+    data = load_arith(ArithDatasetConfig(train_size=8, test_size=2, heldout_size=4)).without_labels()
     ctx = AlgorithmContext(config=config, base=ModelHandle("start", {"base": "start"}), data=data,
                            stages=StageStore("unused"), runtime=resolve_runtime("cpu", "fp32"), seed=0,
                            report_to="none", output_dir=Path("unused"))
@@ -391,3 +391,13 @@ def test_the_sharpening_sweep_draws_one_sampled_set_whatever_the_selector_or_bat
     assert len(specs) >= 8 and all(spec == specs[0] for spec in specs)
     drawn = to_validated(compose_config(["sweeps=sharpening", "algorithm=bon_sft", "algorithm.temperature=0.7"]))
     assert _sampled_set_spec(monkeypatch, drawn.algorithm) != specs[0]  # a key that changes the samples counts
+
+
+def test_each_prompt_pool_keys_its_own_sampled_set(monkeypatch):
+    """BoN-SFT on the held-out pool (the cross-method table) and on the test prompts (the paper's protocol) sample
+    different prompts: two sampled sets (before: both keyed by the prompt count only, so the second job reused the
+    first's samples and trained on the wrong prompts)."""
+    specs = {pool: _sampled_set_spec(monkeypatch, to_validated(compose_config(
+        ["algorithm=bon_sft", f"algorithm.prompt_pool={pool}", "algorithm.train_prompts=2"])).algorithm)
+        for pool in ("heldout", "test", "train")}
+    assert len({repr(spec) for spec in specs.values()}) == 3

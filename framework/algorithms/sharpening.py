@@ -13,6 +13,8 @@ read one file, `samples.jsonl`, which is also the artifact to inspect.
 """
 from __future__ import annotations
 
+import hashlib
+
 import logging
 import random
 from dataclasses import asdict, dataclass
@@ -122,7 +124,11 @@ def sample_training_set(ctx: AlgorithmContext, config: SelfRewardSamplingConfig)
         summary["compute"] = {"generated_tokens": sum(c.num_tokens for candidates in outputs for c in candidates)}
         return [prompt.to_record() for prompt in sampled], summary
 
-    spec = ctx.stage_spec(sampling=config.sampling_keys(), base=ctx.base, data=ctx.data, prompts=len(prompts))
+    # the prompts themselves, not only how many: the pool (held-out, test or train prompts) is drawn from the same
+    # data, so a count alone would hand a prompt_pool=test job the held-out pool's samples
+    prompt_key = {"pool": config.prompt_pool, "count": len(prompts),
+                  "sha256": hashlib.sha256("\x1e".join(prompts).encode()).hexdigest()}
+    spec = ctx.stage_spec(sampling=config.sampling_keys(), base=ctx.base, data=ctx.data, prompts=prompt_key)
     records, _, _ = generated_records(ctx, "samples", spec, SAMPLES_FILE, ctx.base, generate, code=__name__)
     sampled = [SampledPrompt.from_record(record) for record in records]
     ctx.log({f"samples/{key}": value for key, value in sampled_set_summary(sampled).items()})
