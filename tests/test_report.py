@@ -219,7 +219,8 @@ def test_aggregate_means_lift_and_comparison_by_hand(tmp_path):
     assert sft.lift is None and sft.comparison is None
     # dpo greedy vs sft greedy, seeds averaged per problem: differences (0,0,.5,1,1,1,1,.5,0,0) -> mean .5
     assert dpo.comparison.difference == pytest.approx(0.5) and dpo.comparison.seeds == [0, 1]
-    assert dpo.comparison.significant and dpo.comparison.p_holm == pytest.approx(2 * dpo.comparison.p_value)
+    # two comparisons: Holm multiplies the smaller p by 2, the larger by 1 (never below the smaller's)
+    assert dpo.comparison.significant and dpo.comparison.p_value <= dpo.comparison.p_holm <= 2 * dpo.comparison.p_value
     assert cells["dpo", "beam(num_beams=4)"].comparison.seeds == [0]  # matched to sft beam's seed 0 only
     assert dpo.compute["train_tokens"] == 2000 and sft.compute["eval_generated_tokens"] == 100
 
@@ -474,3 +475,22 @@ def test_an_explicit_baseline_present_in_the_sweep_is_compared_with(tmp_path):
     _sweep_job(tmp_path, "b", "dpo", "greedy", 0, [1, 1])
     assert main([str(tmp_path), "--baseline", "dpo", "--no-plots", "--resamples", "10"]) == 0
     assert "Δ vs dpo" in (tmp_path / "report.md").read_text()
+
+
+def test_a_difference_that_only_one_seed_shows_is_not_resolved():
+    """Seed 0 beats the reference on both problems, seed 1 on neither: averaged per problem the difference is +0.5
+    on every problem (a bootstrap over problems alone would call it certain); counted with the seed component it
+    rests on 1 degree of freedom. By hand: MS_seeds = 2 x (0.25 + 0.25) / 1 = 1, MS_problems = MS_error = 0,
+    variance = (1 / 2) / 2 = 0.25, SE 0.5, Satterthwaite df = 1, t_0.975(1) = 12.706: [-5.853, +6.853], p = 0.5."""
+    from framework.report.statistics import paired_scores_comparison, seed_problem_difference
+
+    mean, low, high, p, standard_error = seed_problem_difference([[1.0, 1.0], [0.0, 0.0]])
+    assert (mean, standard_error) == (0.5, 0.5)
+    assert low == pytest.approx(0.5 - 12.7062 * 0.5, abs=1e-3) and high == pytest.approx(0.5 + 12.7062 * 0.5, abs=1e-3)
+    assert p == pytest.approx(0.5)
+    comparison = paired_scores_comparison({0: {0: 1.0, 1: 1.0}, 1: {0: 0.0, 1: 0.0}},
+                                          {0: {0: 0.0, 1: 0.0}, 1: {0: 0.0, 1: 0.0}}, resamples=200)
+    assert comparison.low < 0 < comparison.high  # not resolved
+    # symmetric seeds and problems: d = [[1, 0], [0, -1]] -> mean 0, variance 0.5, df 2, t_0.975(2) = 4.303
+    mean, low, high, p, standard_error = seed_problem_difference([[1.0, 0.0], [0.0, -1.0]])
+    assert mean == 0 and p == pytest.approx(1.0) and high == pytest.approx(4.3027 * 0.5 ** 0.5, abs=1e-3)

@@ -177,7 +177,7 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         if claims := fidelity_lines(group, lambda a, b: paired_comparison(a, b, resamples),
                                     lambda a, b: paired_scores_comparison(a, b, resamples)):
             lines += ["### Fidelity: do the seed papers' claims hold here?", "", *claims, "",
-                      "Verdict from the paired 95% interval (bootstrap over problems, seeds averaged, not "
+                      "Verdict from the paired 95% interval (over problems and seeds, as the Δ columns; not "
                       "adjusted for multiplicity): held when it lies on the claimed side of 0, not held when on the "
                       "other side, not resolved when it contains 0.", ""]
     notes = [
@@ -189,8 +189,11 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         "pass); comparison.md, --by-n and --by-width read the same reference.",
         "pass@N: share of problems with at least one correct of N samples (unbiased estimator), mean over seeds.",
         f"Δ vs {baseline}: accuracy difference in points to `{baseline}` with the same decoder, on the seeds and "
-        f"problems both have, seeds averaged per problem; 95% paired bootstrap interval over problems "
-        f"({resamples:,} resamples, seed {BOOTSTRAP_SEED}); p: two-sided bootstrap p-value for no difference, "
+        f"problems both have, paired by seed and problem; with several seeds the 95% interval counts both which "
+        f"problems were drawn and how much the difference moves from seed to seed (crossed random effects, "
+        f"Student's t with Satterthwaite's degrees of freedom: 3 seeds give few, so intervals are wide), p its "
+        f"t test; with one seed a paired bootstrap over problems ({resamples:,} resamples, seed {BOOTSTRAP_SEED}) "
+        f"and its two-sided p-value for no difference; "
         f"in brackets Holm-adjusted over all "
         f"{sum((c.comparison is not None) + (c.control_comparison is not None) for c in cells)} comparisons "
         f"(both Δ columns); * marks Holm-adjusted p < {SIGNIFICANCE_LEVEL}.",

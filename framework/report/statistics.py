@@ -63,6 +63,7 @@ class Comparison:
     seeds: list[int]
     num_problems: int
     p_holm: float | None = None
+    standard_error: float | None = None  # of the difference; None: read off the interval as a normal one's
 
     @property
     def significant(self) -> bool:
@@ -78,9 +79,9 @@ def paired_bootstrap(method: list[float], baseline: list[float], resamples: int 
     resampled differences, centred at the observed one, stand in for the null distribution, and
     p = (1 + #{|d* - d| >= |d|}) / (resamples + 1), so p = 1 for identical methods and p = 1 / (B + 1)
     at the least when every resample is further from 0 than the null allows. Deterministic for a seed.
-    Seeds are averaged per problem before this: the test is over problems, given the trained seeds.
-    Hand-written on numpy: scipy (whose `stats.bootstrap` gives intervals but no p-value) is not a
-    dependency, and the paired resampling is four lines.
+    Seeds are averaged per problem before this: the test is over problems, given the trained seeds; with
+    several seeds the report uses `seed_problem_difference` instead. Hand-written on numpy: scipy's
+    `stats.bootstrap` gives intervals but no p-value, and the paired resampling is four lines.
     """
     import numpy as np
 
@@ -111,7 +112,9 @@ def holm(p_values: list[float]) -> list[float]:
 
 def paired_scores_comparison(ours: dict[int, dict[int, float]] | None, theirs: dict[int, dict[int, float]] | None,
                              resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison | None:
-    """Two seed -> problem -> score maps on the seeds and problems both have, seeds averaged per problem."""
+    """Two seed -> problem -> score maps on the seeds and problems both have. One seed: the paired bootstrap over
+    problems. Several: `seed_problem_difference`, whose interval also counts how much the difference moves from
+    seed to seed (a method that wins on one trained seed and loses on another is not resolved)."""
     if not ours or not theirs:
         return None
     seeds = sorted(set(ours) & set(theirs))
@@ -120,13 +123,55 @@ def paired_scores_comparison(ours: dict[int, dict[int, float]] | None, theirs: d
     problems = sorted(set.intersection(*(set(ours[s]) & set(theirs[s]) for s in seeds)))
     if not problems:
         return None
+    if len(seeds) > 1 and len(problems) > 1:
+        difference, low, high, p_value, standard_error = seed_problem_difference(
+            [[ours[s][i] - theirs[s][i] for i in problems] for s in seeds])
+        return Comparison(difference, low, high, p_value, seeds, len(problems), standard_error=standard_error)
     method = [sum(ours[s][i] for s in seeds) / len(seeds) for i in problems]
     base = [sum(theirs[s][i] for s in seeds) / len(seeds) for i in problems]
     difference, low, high, p_value = paired_bootstrap(method, base, resamples)
     return Comparison(difference, low, high, p_value, seeds, len(problems))
 
 
+def seed_problem_difference(differences) -> tuple[float, float, float, float, float]:
+    """(mean, 95% low, high, two-sided p, standard error) of a seeds x problems matrix of paired differences (method - reference,
+    same seed and problem), as `seed_problem_interval` reads accuracy: the crossed random-effects model
+    d[s, i] = delta + u_s + v_i + e_si, so that the interval counts which problems were drawn AND which seeds were
+    trained (u_s: the part of the difference a whole seed shares). With 3 seeds the seed component rests on 2
+    degrees of freedom: the interval uses Student's t with Satterthwaite's degrees of freedom for the variance
+    (MS_seeds + MS_problems - MS_error) / (S P), not the normal, so few seeds widen it rather than pass for
+    certainty. p: the same t test of delta = 0. (statsmodels' mixed models would fit this by REML, a dependency
+    and an iterative fit for what the balanced design gives in closed form.)"""
+    import numpy as np
+    from scipy import stats
+
+    matrix = np.asarray(differences, dtype=float)
+    seeds, problems = matrix.shape
+    mean = float(matrix.mean())
+    by_seed, by_problem = matrix.mean(axis=1), matrix.mean(axis=0)
+    ms_seeds = problems * float(((by_seed - mean) ** 2).sum()) / (seeds - 1)
+    ms_problems = seeds * float(((by_problem - mean) ** 2).sum()) / (problems - 1)
+    residual = matrix - by_seed[:, None] - by_problem[None, :] + mean
+    ms_error = float((residual ** 2).sum()) / ((seeds - 1) * (problems - 1))
+    variance = (max(0.0, (ms_seeds - ms_error) / problems) / seeds
+                + max(0.0, (ms_problems - ms_error) / seeds) / problems + ms_error / (seeds * problems))
+    if variance <= 0:  # identical on every seed and problem
+        return mean, mean, mean, 1.0 if mean == 0 else 0.0, 0.0
+    # Satterthwaite: the degrees of freedom of a sum of mean squares, at least the seeds' S - 1
+    combined = ms_seeds + ms_problems - ms_error
+    spread = ms_seeds ** 2 / (seeds - 1) + ms_problems ** 2 / (problems - 1) \
+        + ms_error ** 2 / ((seeds - 1) * (problems - 1))
+    freedom = max(seeds - 1.0, combined ** 2 / spread) if combined > 0 and spread > 0 else seeds - 1.0
+    standard_error = math.sqrt(variance)
+    half = float(stats.t.ppf(0.975, freedom)) * standard_error
+    p_value = float(2 * stats.t.sf(abs(mean) / standard_error, freedom))
+    return mean, mean - half, mean + half, p_value, standard_error
+
+
 def minimum_detectable_difference(comparison: Comparison) -> float:
     """The difference a paired comparison with this one's standard error detects with 80% power at a
-    two-sided 5% level (unadjusted): (z_0.975 + z_0.8) x SE, the SE read off its 95% bootstrap interval."""
+    two-sided 5% level (unadjusted): (z_0.975 + z_0.8) x SE, the SE the comparison computed (several seeds) or
+    read off its 95% bootstrap interval (one seed). Normal quantiles: with few seeds the t test needs more."""
+    if comparison.standard_error is not None:
+        return (Z_95 + Z_POWER_80) * comparison.standard_error
     return (Z_95 + Z_POWER_80) * (comparison.high - comparison.low) / (2 * Z_95)
