@@ -494,3 +494,11 @@ def test_a_difference_that_only_one_seed_shows_is_not_resolved():
     # symmetric seeds and problems: d = [[1, 0], [0, -1]] -> mean 0, variance 0.5, df 2, t_0.975(2) = 4.303
     mean, low, high, p, standard_error = seed_problem_difference([[1.0, 0.0], [0.0, -1.0]])
     assert mean == 0 and p == pytest.approx(1.0) and high == pytest.approx(4.3027 * 0.5 ** 0.5, abs=1e-3)
+
+
+def test_a_decoder_on_the_whole_test_split_reads_max_problems_all_beside_a_capped_one():
+    from framework.report.aggregate import short_decoder_labels
+
+    shorts = short_decoder_labels([("greedy", "greedy", {"name": "greedy", "max_problems": None}),
+                                   ("greedy", "greedy(max_problems=256)", {"name": "greedy", "max_problems": 256})])
+    assert shorts == {"greedy": "greedy(max_problems=all)", "greedy(max_problems=256)": "greedy(max_problems=256)"}

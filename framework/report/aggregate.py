@@ -295,6 +295,8 @@ def short_decoder_labels(decoders) -> dict[str, str]:
         shown = list(dict.fromkeys(key for label in labels for key in _label_keys(label)))
         varying = [key for key in shown if len({str(config.get(key)) for config in labels.values()}) > 1]
         texts = {key: readable_values([config.get(key) for config in labels.values()]) for key in varying}
+        if "max_problems" in texts:  # null: the whole test split
+            texts["max_problems"] = ["all" if text == "None" else text for text in texts["max_problems"]]
         chosen = {label: f"{name}(" + ", ".join(f"{key}={texts[key][index]}" for key in varying) + ")"
                   for index, label in enumerate(labels)}
         # labels that would read alike (a config without a key its label shows) keep their full text
