@@ -26,15 +26,13 @@ JOBS = [
     ("soc_paper on one GPU", "qwen2.5-1.5b", "math",
      ["experiment=soc_paper", "algorithm=soc", "decoder.num_beams=8", "evaluation.sequences_per_forward=16"]),
     ("sharpening_paper: BoN-SFT, best-of-50", "phi-3.5-mini", "math", ["experiment=sharpening_paper"]),
-    ("sharpening_paper on one GPU", "phi-3.5-mini", "math",
-     ["experiment=sharpening_paper", "algorithm.prompts_per_batch=1", "decoder.prompts_per_batch=2"]),
     ("self_explore_paper: Self-Explore", "deepseek-math-7b", "gsm8k", ["experiment=self_explore_paper"]),
     ("self_explore_paper: outcome DPO", "deepseek-math-7b", "gsm8k",
      ["experiment=self_explore_paper", "algorithm=outcome_dpo"]),
     ("self_explore_paper on 2 GPUs (ZeRO-3)", "deepseek-math-7b", "gsm8k",
-     ["experiment=self_explore_paper", "plan.gpus=2", "plan.sharding=zero3", "algorithm.prompts_per_batch=1"]),
+     ["experiment=self_explore_paper", "plan.gpus=2", "plan.sharding=zero3"]),
     ("self_explore_paper on one GPU (LoRA)", "deepseek-math-7b", "gsm8k",
-     ["experiment=self_explore_paper", "model.lora.enabled=true", "algorithm.prompts_per_batch=1"]),
+     ["experiment=self_explore_paper", "model.lora.enabled=true"]),
 ]
 
 

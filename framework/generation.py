@@ -176,7 +176,10 @@ def free_memory_bytes(device: torch.device) -> int:
 
 def decode_bytes_per_row(model_config, dtype: torch.dtype, length: int) -> int:
     """Memory one decoded sequence of `length` tokens takes: its KV cache (2 x layers x KV heads x head size per
-    token, in the model's dtype) and its step's logits (the vocabulary, in fp32 and fp64 for the sampler)."""
+    token, in the model's dtype), its step's logits (the vocabulary, in fp32 and fp64 for the sampler) and the
+    prefill's transients, one layer's MLP intermediates over its tokens (3 x intermediate + 4 x hidden per token;
+    counted over all `length` tokens and per row, an upper bound where a prompt's samples share one prefill). The
+    pre-flight plan (plan.py: budget_rows) counts the same terms, so the batch it plans is the one the engine forms."""
     text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     heads = text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
@@ -184,7 +187,9 @@ def decode_bytes_per_row(model_config, dtype: torch.dtype, length: int) -> int:
     element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
     kv = 2 * text.num_hidden_layers * kv_heads * head_size * element * length
     logits = text.vocab_size * (4 + 4 + 8 + 8)  # logits, log-softmax, warped fp64 scores, their CDF
-    return kv + logits
+    intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
+    prefill = length * (3 * intermediate + 4 * text.hidden_size) * element
+    return kv + logits + prefill
 
 
 def decode_rows_budget(model, config: TransformersEngineConfig, length: int) -> int:

@@ -490,9 +490,12 @@ BUDGET_ROW_LOGIT_BYTES = 24
 def budget_rows(shape: Shape, gpu: GPU, ctx: "_PlanContext", *, rows: int, per_prompt: int, length: int,
                 beam: bool) -> int:
     """The rows an engine that sizes its batches by memory puts in one batch: what `memory_fraction` of the memory
-    left beside the weights holds, at KV cache plus step logits per row, capped by `max_batch_rows` and by the work
+    left beside the weights holds, at KV cache, step logits and prefill transients per row, capped by `max_batch_rows` and by the work
     (beam search keeps a prompt's beams together). 0: not even one row (one prompt's beams) fits."""
-    per_row = kv_bytes_per_token(shape, ctx.precision) * length + shape.vocab * BUDGET_ROW_LOGIT_BYTES
+    dtype_bytes = 2 if ctx.precision != "fp32" else 4
+    # KV cache, step logits and the prefill's MLP transients, as generation.decode_bytes_per_row counts a row
+    per_row = (kv_bytes_per_token(shape, ctx.precision) * length + shape.vocab * BUDGET_ROW_LOGIT_BYTES
+               + length * (3 * shape.intermediate + 4 * shape.hidden) * dtype_bytes)
     free = gpu.usable_bytes - shape.parameters * (2 if ctx.precision != "fp32" else 4)
     fitting = int(max(free, 0) * ctx.engine_memory_fraction // per_row)
     if ctx.engine_max_rows is not None:

@@ -95,9 +95,10 @@ def test_an_engine_that_sizes_its_batches_by_memory_fits_what_its_budget_holds()
     shape = plan.shape_of(_config(LLAMA_7B))
     h100 = plan.GPUS["h100_80gb"]
     ctx = plan._PlanContext("bf16", False, None, 1, "none", "transformers", 0.5, 0.8, None)
-    per_row = 491_520 * (300 + 512) + 102400 * 24
+    # KV cache, step logits, and the prefill's MLP transients over the row's 812 tokens (3 x 11008 + 4 x 4096, bf16)
+    per_row = 491_520 * (300 + 512) + 102400 * 24 + 812 * (3 * 11008 + 4 * 4096) * 2
     rows = plan.budget_rows(shape, h100, ctx, rows=800, per_prompt=100, length=812, beam=False)
-    assert rows == int((h100.usable_bytes - 2 * shape.parameters) * 0.8 // per_row) == 129
+    assert rows == int((h100.usable_bytes - 2 * shape.parameters) * 0.8 // per_row) == 107
     assert plan.budget_rows(shape, h100, ctx, rows=50, per_prompt=100, length=812, beam=False) == 50  # the work
     assert plan.budget_rows(shape, h100, ctx, rows=800, per_prompt=100, length=812, beam=True) == 100  # whole prompts
     small = plan.GPU("a 15 GiB card", 15.0, 100.0, 1.0)
@@ -201,3 +202,19 @@ def test_a_bad_plan_key_is_refused(compose_cfg):
         to_validated(compose_cfg(["plan.gpu=h100"]))
     with pytest.raises(ConfigError, match=r"^plan.sharding must be one of"):
         to_validated(compose_cfg(["plan.sharding=zero4"]))
+
+
+def test_the_plan_and_the_engine_count_a_decoded_row_alike():
+    """The plan's batch is the one the engine forms only if both count a row's bytes the same way: KV cache, step
+    logits and the prefill's MLP transients (before: the engine left the prefill out, and the plan showed the
+    soc_paper evaluation's 896-row batch needing 126 GiB on an 80 GB card)."""
+    import torch
+
+    from framework.generation import decode_bytes_per_row
+
+    config = _config(LLAMA_7B)
+    shape = plan.shape_of(config)
+    length = 812
+    planned = (plan.kv_bytes_per_token(shape, "bf16") * length + shape.vocab * plan.BUDGET_ROW_LOGIT_BYTES
+               + length * (3 * shape.intermediate + 4 * shape.hidden) * 2)
+    assert decode_bytes_per_row(config, torch.bfloat16, length) == planned
