@@ -83,11 +83,11 @@ TINY = [o for o in FAST if not o.startswith("decoder.max_new_tokens")] + ["datas
 SECOND = ["+dataset@evaluation.datasets.arith_long=arith", "evaluation.datasets.arith_long.seed=7",
           "evaluation.datasets.arith_long.min_steps=4", "evaluation.datasets.arith_long.train_size=8",
           "evaluation.datasets.arith_long.test_size=5", "evaluation.datasets.arith_long.heldout_size=0",
-          "evaluation.datasets.arith_long.prompt_template=Q: {question}\\n",
+          "evaluation.datasets.arith_long.prompt_template='Q: {question} A:'",
           "evaluation.datasets.arith_long.max_new_tokens=12"]
 
 
-@pytest.mark.slow  # three tiny jobs (one trains): about 25 s on 2 cores
+@pytest.mark.slow  # three tiny jobs (one trains): about 10 s on 2 cores
 def test_one_trained_model_is_scored_on_two_datasets_in_one_job_and_a_rerun_reuses_both(compose_cfg, tmp_path):
     cache, sweep = tmp_path / "cache", tmp_path / "sweep"
     plain = run(compose_cfg(TINY, cache), tmp_path / "plain")
@@ -125,3 +125,18 @@ def test_one_trained_model_is_scored_on_two_datasets_in_one_job_and_a_rerun_reus
     assert "agree with results.json for 2/2 jobs" in report  # arith_long's generations recomputed too
     csv_rows = (sweep / "report.csv").read_text().splitlines()[1:]
     assert sorted(row.split(",")[0] for row in csv_rows) == ["arith", "arith_long"]
+
+
+def test_a_wandb_run_with_an_evaluation_dataset_gives_a_run_per_dataset(tmp_path):
+    from framework.report import collect_wandb
+    from test_report import _FakeApi, _FakeRun
+
+    wandb_run = _FakeRun("r0", 0, [1, 0, 0, 0])
+    wandb_run.config["evaluation"] = {"datasets": {"gsm8k": {"name": "gsm8k", "test_size": 4}}}
+    wandb_run.summary_metrics.update({"eval/gsm8k/accuracy": 0.25, "eval/gsm8k/num_problems": 4,
+                                      "eval/gsm8k/generations": wandb_run.summary_metrics["eval/generations"]})
+    runs, _ = collect_wandb("g", "p", "e", api=_FakeApi([wandb_run]))
+    assert sorted((r.result.dataset, r.evaluation) for r in runs) == [("arith", None), ("gsm8k", "gsm8k")]
+    arith, gsm8k = sorted(runs, key=lambda r: r.result.dataset)
+    assert "gsm8k/accuracy" not in arith.result.metrics and gsm8k.result.metrics["accuracy"] == 0.25
+    assert gsm8k.problem_scores == {0: 1, 1: 0, 2: 0, 3: 0}  # from its own table, eval/gsm8k/generations
