@@ -159,7 +159,7 @@ def main() -> None:
     except (HydraException, OmegaConfBaseException) as error:
         if traceback_wanted or _raised_in_job(error):  # a job's own failure is a bug: keep its traceback
             raise
-        _fail(composition_error_line(error))
+        _fail(composition_error_line(error, sys.argv[1:]))
     except OSError as error:  # Hydra could not create or write the run's directory, before any job started
         if traceback_wanted or _raised_in_job(error):
             raise

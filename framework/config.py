@@ -15,6 +15,7 @@ import difflib
 import functools
 import importlib
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
@@ -478,11 +479,25 @@ class EvaluationConfig(Validated):
     # whether the method's training data meets its premises (framework/premises.py), scored with the gold
     # answers after training: one greedy pass over the sharpening methods' sampled prompts, cached
     premises: bool = True
+    # More datasets the job's model is scored on, beside its training dataset's test split: name -> a dataset
+    # option placed here by Hydra (`+dataset@evaluation.datasets.gsm8k=gsm8k`), each with its own prompts, checker
+    # and generation length. The name heads its table in the report, results.json's `evaluations` and W&B's
+    # `eval/<name>/` keys. Empty: the training dataset only.
+    datasets: dict[str, Any] = field(default_factory=dict)
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
         require(self.sequences_per_forward >= 1, f"{prefix}.sequences_per_forward", "must be >= 1",
                 self.sequences_per_forward)
+        for name, dataset in self.datasets.items():
+            key = f"{prefix}.datasets.{name}"
+            # the name becomes a directory (<job dir>/evaluations/<name>/) and a W&B key
+            require(re.fullmatch(r"[A-Za-z0-9_-]+", name) is not None, key,
+                    "must be named with letters, digits, _ and - only", name)
+            if not isinstance(dataset, DatasetConfig):
+                raise ConfigError(f"{key}: is not a dataset option (got {dataset!r}); add one with "
+                                  f"+dataset@{key}=<option>, e.g. +dataset@{prefix}.datasets.gsm8k=gsm8k")
+            dataset.validate(key)
 
 
 @dataclass
@@ -531,17 +546,24 @@ class RunConfig(Validated):
                     "vllm needs full weights on disk; with LoRA set model.lora.checkpoint=merged", "vllm")
             require(not getattr(self.model, "gguf_file", None) or getattr(self.model, "cache_dequantized", True),
                     "engine", "vllm cannot read GGUF here; set model.cache_dequantized=true", "vllm")
-            # the engine refuses it too (vllm_backend.check_request), but only at decoding, after training
-            require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.decoder, "length_penalty", 0) == 0,
-                    "decoder.length_penalty", "must be 0 for beam search with engine=vllm (vLLM's length counts "
-                    "the prompt's tokens)", getattr(self.decoder, "length_penalty", None))
-            require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.dataset, "prompt_format", "") != "few_shot",
-                    "dataset.prompt_format", "must not be few_shot for beam search with engine=vllm (vLLM's beam "
-                    "search cannot stop at the next exemplar; engine=transformers can)",
-                    getattr(self.dataset, "prompt_format", None))
+        self.check_decoding(self.dataset, self.decoder, "dataset")
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
         self.plan.validate("plan")
+
+    def check_decoding(self, dataset, decoder, dataset_key: str) -> None:
+        """What the engine cannot decode on this dataset with this decoder (the training dataset's, and each of
+        evaluation.datasets's with the decoder as it runs there)."""
+        if self.engine.name != "vllm":
+            return
+        # the engine refuses it too (vllm_backend.check_request), but only at decoding, after training
+        require(getattr(decoder, "num_beams", 1) <= 1 or getattr(decoder, "length_penalty", 0) == 0,
+                "decoder.length_penalty", "must be 0 for beam search with engine=vllm (vLLM's length counts "
+                "the prompt's tokens)", getattr(decoder, "length_penalty", None))
+        require(getattr(decoder, "num_beams", 1) <= 1 or getattr(dataset, "prompt_format", "") != "few_shot",
+                f"{dataset_key}.prompt_format", "must not be few_shot for beam search with engine=vllm (vLLM's beam "
+                "search cannot stop at the next exemplar; engine=transformers can)",
+                getattr(dataset, "prompt_format", None))
 
 
 GROUP_BASES = {
@@ -591,7 +613,13 @@ def unknown_key_message(root: DictConfig | None, full_key: str, schema: type) ->
     group = full_key.split(".")[0]
     name = (OmegaConf.select(root, f"{group}.name", default=None, throw_on_missing=False)
             if group in GROUP_BASES and root is not None else None)
-    if parent and isinstance(name, str):
+    entry = re.match(r"evaluation\.datasets\.[^.]+", full_key)  # a dataset option placed in the evaluation list
+    entry_name = (OmegaConf.select(root, f"{entry.group(0)}.name", default=None, throw_on_missing=False)
+                  if entry and root is not None else None)
+    if parent and isinstance(entry_name, str):
+        owner, listing = (f"{entry.group(0)} (dataset={entry_name}) has no such key",
+                          f"python -m framework --cfg job dataset={entry_name}")
+    elif parent and isinstance(name, str):
         owner, listing = f"{group}={name} has no such key", f"python -m framework --cfg job {group}={name}"
     elif group == "hydra" and parent:
         owner, listing = "Hydra's config has no such key", "python -m framework --cfg hydra"
@@ -613,13 +641,59 @@ def refuse_unknown_keys(node, root: DictConfig, prefix: str = "") -> None:
             refuse_unknown_keys(node._get_node(index), root, f"{prefix[:-1]}[{index}].")
         return
     schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
-    if not is_dataclass(schema):  # a value, or a plain dict (a field typed dict or Any): its keys are data
+    if not is_dataclass(schema):  # a value, or a plain dict (a field typed dict or Any): its keys are data,
+        if isinstance(node, DictConfig):  # but a schema node among its values (evaluation.datasets') is checked
+            for key in node:
+                child = node._get_node(key)
+                if isinstance(child, DictConfig) and is_dataclass(OmegaConf.get_type(child)):
+                    refuse_unknown_keys(child, root, f"{prefix}{key}.")
         return
     known = {item.name for item in fields(schema)}
     for key in node:
         if key not in known:
             raise ConfigError(unknown_key_message(root, f"{prefix}{key}", schema))
         refuse_unknown_keys(node._get_node(key), root, f"{prefix}{key}.")
+
+
+@dataclass
+class EvaluationTarget:
+    """One dataset a job's model is scored on: the training dataset's test split, or an entry of
+    evaluation.datasets, with the decoder as it runs there."""
+
+    name: str  # results.json's and the report's name: the training dataset's option name, or the entry's key
+    key: str  # where its keys live: `dataset` or `evaluation.datasets.<name>`
+    dataset: DatasetConfig
+    # the job's decoder, with the keys that follow the dataset in its YAML (max_new_tokens: ${dataset.max_new_tokens})
+    # read from this dataset; a key set on the command line or in a preset is the same on every dataset
+    decoder: DecoderConfig
+
+
+def evaluation_targets(cfg: DictConfig, run: RunConfig) -> list[EvaluationTarget]:
+    """The training dataset, then every entry of evaluation.datasets but one named like the training dataset (a
+    preset's `gsm8k` entry in a job that trains on dataset=gsm8k): that dataset is scored once, with the training
+    dataset's keys, so its results and table stay one. ConfigError, naming the entry, for a decoder the engine
+    cannot run on an entry. `run` is `to_validated(cfg)`."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    targets = [EvaluationTarget(run.dataset.name, "dataset", run.dataset, run.decoder)]
+    for name, dataset in run.evaluation.datasets.items():
+        if name == run.dataset.name:
+            continue
+        key = f"evaluation.datasets.{name}"
+        # the decoder's interpolations resolved against this dataset: the composed config with it as `dataset`
+        view = copy.deepcopy(cfg)
+        with read_write(view), open_dict(view):
+            view.dataset = cfg.evaluation.datasets[name]
+        try:
+            decoder = OmegaConf.to_object(view.decoder)
+        except Exception as error:  # an interpolation into a key this dataset lacks
+            raise ConfigError(f"decoder on {key}: {getattr(error, 'msg', error)}") from None
+        decoder.validate("decoder")  # the keys this dataset gave it (max_new_tokens) were checked on the dataset
+        run.check_decoding(dataset, decoder, key)
+        targets.append(EvaluationTarget(name, key, dataset, decoder))
+    return targets
 
 
 def to_validated(cfg: DictConfig) -> RunConfig:

@@ -27,9 +27,10 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.split("Config search path:")[0].splitlines() if line.strip())
 
 
-def composition_error_line(error: Exception) -> str:
+def composition_error_line(error: Exception, overrides=()) -> str:
     """One line for what Hydra refuses while composing: an unknown option, an unknown key, a wrong type,
-    an override it cannot parse."""
+    an override it cannot parse. `overrides`: the command line's, to name a group option placed at another
+    package (`+dataset@evaluation.datasets.x=nosuch`) as it was given; Hydra's error names only the group."""
     from dataclasses import fields, is_dataclass
 
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -41,6 +42,10 @@ def composition_error_line(error: Exception) -> str:
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         available = [name for name in error.options if not name.endswith("_schema")]  # building blocks, not options
+        for override in overrides:
+            key, _, value = str(override).lstrip("+~").partition("=")
+            if key.startswith(f"{group}@") and option in value.split(","):
+                group = key
         return f"{group}={option}: no such option; available: {', '.join(available)}"
     if isinstance(error, OverrideParseException):
         return f"{error.override}: cannot parse this override ({_one_line(error.message)})"

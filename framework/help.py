@@ -119,5 +119,5 @@ def refuse_schema_choices(choices: dict, loader=None) -> None:
     building blocks the YAMLs extend, and choosing one silently drops its option's and its presets' values."""
     for group, choice in choices.items():
         if isinstance(choice, str) and choice.endswith(SCHEMA_SUFFIX):
-            available = ", ".join(options(group, loader))
+            available = ", ".join(options(group.split("@")[0], loader))  # dataset@evaluation.datasets.x: dataset's
             raise ConfigError(f"{group}={choice}: a schema, not an option; available: {available}")

@@ -5,7 +5,8 @@ sweep (the launcher, framework/__main__.py, only parses, refuses and dispatches 
     build         the data, the decoder, the stage store and the starting model
     train         the algorithm plugin from its starting context (SFT warm start, labels stripped for a
                   label-free method), then the method's control when its decoder asks for one
-    evaluate      decode and score the test split (a stage), measure the premises, evaluate the control
+    evaluate      decode and score the test split (a stage), measure the premises, evaluate the control, then
+                  score the model on each dataset of evaluation.datasets (a stage each, its own prompts and length)
     record        results.json, generations.jsonl and the W&B run
 
 Everything that can be wrong with the input is checked before the first training step. Nothing here knows an
@@ -24,11 +25,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from framework import __version__, distributed, memory, plan, registry, tracking
-from framework.config import to_validated
+from framework.config import evaluation_targets, to_validated
 from framework.errors import ConfigError
 from framework.jsonl import read_jsonl, write_jsonl
 from framework.paths import require_writable_directory
-from framework.results import ControlSummary, JobResult
+from framework.results import ControlSummary, EvaluationSummary, JobResult
 
 log = logging.getLogger("framework")
 
@@ -216,11 +217,52 @@ def check(cfg: DictConfig):
     # idempotent; needed where a launcher (submitit) starts the job from a pickle and main() never ran
     registry.load_plugins()
     settings = to_validated(cfg)
+    evaluation_targets(cfg, settings)  # each evaluation dataset's decoder, checked against the engine
     unknown = sorted(set(settings.evaluation.control_decoders) - set(registry.decoders.names()))
     if unknown:  # here, not in the schema: the decoder registry imports framework.config
         raise ConfigError(f"evaluation.control_decoders: {', '.join(unknown)} is no decoder; "
                           f"available: {', '.join(registry.decoders.names())}")
     return settings
+
+
+def _load_evaluation_datasets(settings, targets) -> list[tuple]:
+    """(target, its TaskData, its decoder) for each dataset of evaluation.datasets (`targets`), loaded before any
+    work: ConfigError, naming the entry, on a bad file or row."""
+    loaded = []
+    for target in targets:
+        try:
+            data = registry.datasets.get(target.dataset.name)(target.dataset)
+        except ConfigError as error:  # the loaders name their keys `dataset.<key>`: say which entry
+            raise ConfigError(f"{target.key}: {error}") from None
+        decoder = registry.decoders.get(target.decoder.name)(target.decoder, seed=settings.seed,
+                                                             answer_extractor=data.checker.extract, stop=data.stop)
+        loaded.append((target, data, decoder))
+    return loaded
+
+
+def _evaluate_on_each(settings, policy, loaded, stages, runtime) -> list[tuple]:
+    """The model scored on each dataset of evaluation.datasets: `_evaluate` with that dataset and the decoder as
+    it runs there, so the stage is keyed by the model, that dataset and that decoder and shared with every job
+    that scores the same model on it. [(target, metrics, records, reused)], in the order of `loaded`."""
+    return [(target, *_evaluate(replace(settings, dataset=target.dataset, decoder=target.decoder), policy, data,
+                                decoder, stages, runtime))
+            for target, data, decoder in loaded]
+
+
+def _record_evaluations(evaluated, output_dir: Path, tracker) -> dict[str, EvaluationSummary]:
+    """Each evaluation dataset's generations into <job dir>/evaluations/<name>/, its metrics to W&B under
+    `eval/<name>/`; returns results.json's `evaluations`."""
+    summaries = {}
+    for target, metrics, records, reused in evaluated:
+        directory = output_dir / "evaluations" / target.name
+        directory.mkdir(parents=True, exist_ok=True)
+        write_jsonl(directory / "generations.jsonl", records)
+        summaries[target.name] = EvaluationSummary(dataset=target.dataset.name, metrics=metrics,
+                                                   decoder_config=vars(target.decoder), evaluation_reused=reused)
+        tracker.log(metrics, prefix=f"eval/{target.name}/")
+        tracker.summary({f"eval/{target.name}/{key}": value for key, value in metrics.items()})
+        tracker.log_table(f"eval/{target.name}/generations", records)
+    return summaries
 
 
 def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: list[str] | None = None) -> dict:
@@ -244,13 +286,20 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     algorithm = registry.algorithms.get(settings.algorithm.name)
     data = registry.datasets.get(settings.dataset.name)(settings.dataset)  # ConfigError on a bad file or row
     _check_training_data(settings, algorithm, data)
+    targets = evaluation_targets(cfg, settings)
+    if settings.dataset.name in settings.evaluation.datasets:
+        log.warning("evaluation.datasets.%s is the training dataset: scored once, with dataset's keys",
+                    settings.dataset.name)
+    more = _load_evaluation_datasets(settings, targets[1:])  # evaluation.datasets, each loaded before any work
     plan.refuse_if_too_big(settings, data)  # on a GPU: a stage whose memory cannot fit fails now, with the ways out
     decoder = registry.decoders.get(settings.decoder.name)(settings.decoder, seed=settings.seed,
                                                            answer_extractor=data.checker.extract, stop=data.stop)
     build_model = registry.models.get(settings.model.name)
     stages = StageStore(settings.stages.cache_dir, reuse=settings.stages.reuse)
     base = build_model(settings.model, stages, runtime)  # ConfigError if it cannot load; tiny: built once
-    data = data.render_prompts(base.load_tokenizer())  # prompt_format=chat needs the model's chat template
+    tokenizer = base.load_tokenizer()
+    data = data.render_prompts(tokenizer)  # prompt_format=chat needs the model's chat template
+    more = [(target, more_data.render_prompts(tokenizer), decoder) for target, more_data, decoder in more]
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if distributed.is_main_process():  # the run's files and W&B run are the main process's (distributed.py)
@@ -282,6 +331,7 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
             _measure_premises(settings, method_context, stages, runtime, policy)
             if control is not None:
                 _evaluate(settings, control[0], data, decoder, stages, runtime)
+            _evaluate_on_each(settings, policy, more, stages, runtime)
             results, failed = distributed.wait_for_main("scoring the test split"), False
             return results
         main_evaluates = True
@@ -308,6 +358,9 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         if control is not None:
             result.control = _evaluate_control(settings, *control, data, decoder, stages, runtime, output_dir, result)
             tracker.summary({f"control_eval/{key}": value for key, value in result.control.metrics.items()})
+        evaluated = _evaluate_on_each(settings, policy, more, stages, runtime)
+        if evaluated:
+            result.evaluations = _record_evaluations(evaluated, output_dir, tracker)
         result.write(output_dir / "results.json")
         results = result.to_dict()
         tracker.log(metrics, prefix="eval/")
@@ -323,4 +376,9 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
     print(f"{run_name} on {settings.dataset.name}: accuracy {metrics['accuracy']:.3f} "
           f"[{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}] "
           f"(n={metrics['num_problems']}), mean {metrics['mean_tokens']:.1f} tokens -> {output_dir}", flush=True)
+    for name, summary in (results.get("evaluations") or {}).items():
+        scores = summary["metrics"]
+        print(f"{run_name} on {name}: accuracy {scores['accuracy']:.3f} [{scores['accuracy_ci_low']:.3f}, "
+              f"{scores['accuracy_ci_high']:.3f}] (n={scores['num_problems']}), mean {scores['mean_tokens']:.1f} "
+              "tokens", flush=True)
     return results

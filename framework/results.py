@@ -27,6 +27,21 @@ class ControlSummary:
 
 
 @dataclass
+class EvaluationSummary:
+    """The job's model scored on one more dataset (an entry of evaluation.datasets), as its job's results.json
+    holds it under `evaluations.<name>`; its scored outputs are <job dir>/evaluations/<name>/generations.jsonl."""
+
+    dataset: str  # the dataset option's registry name (the entry's own name heads its table)
+    metrics: dict[str, Any]  # framework.evaluation.score's values on that dataset's test split
+    decoder_config: dict[str, Any]  # the decoder as it ran there (its max_new_tokens follow the dataset unless set)
+    evaluation_reused: bool  # whether the evaluation stage came from the cache
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "metrics": self.metrics, "decoder_config": self.decoder_config,
+                "evaluation_reused": self.evaluation_reused}
+
+
+@dataclass
 class JobResult:
     """What one job measured and what it ran with. `metrics` holds framework.evaluation.score's values
     (accuracy, its interval, pass@k, ...; their keys depend on the decoder), `compute` the launcher's
@@ -56,14 +71,19 @@ class JobResult:
     # what each training stage the model rests on got (framework/algorithms/training.py `training_budget`), in the
     # order they ran, each with its stage `kind`: the report's budget columns and undertrained flag
     training: list[dict[str, Any]] | None = None
+    # the model on each entry of evaluation.datasets, by its name; `dataset` and `metrics` above stay the
+    # training dataset's
+    evaluations: dict[str, EvaluationSummary] | None = None
 
     # Written only when set, as the launcher always has: every other key is written, null when None.
-    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("premises", "control", "control_of", "training")
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("premises", "control", "control_of", "training", "evaluations")
 
     def to_dict(self) -> dict[str, Any]:
         record = {item.name: getattr(self, item.name) for item in fields(self)}
         if self.control is not None:
             record["control"] = self.control.to_dict()
+        if self.evaluations is not None:
+            record["evaluations"] = {name: summary.to_dict() for name, summary in self.evaluations.items()}
         return {key: value for key, value in record.items()
                 if not (value is None and key in self.OMITTED_WHEN_NONE)}
 
@@ -84,6 +104,12 @@ class JobResult:
                 values["control"] = ControlSummary(**values["control"])
             except TypeError as error:
                 raise ValueError(f"control: {error}") from None
+        if values.get("evaluations") is not None:
+            try:
+                values["evaluations"] = {name: EvaluationSummary(**summary)
+                                         for name, summary in values["evaluations"].items()}
+            except (TypeError, AttributeError) as error:
+                raise ValueError(f"evaluations: {error}") from None
         return cls(**values)
 
     def write(self, path: Path) -> None:

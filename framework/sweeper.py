@@ -156,7 +156,7 @@ class CheckedSweeperMixin:
             except ConfigError as error:
                 raise ConfigError(f"{where}: {error}") from None
             except (HydraException, OmegaConfBaseException) as error:
-                raise ConfigError(f"{where}: {composition_error_line(error)}") from None
+                raise ConfigError(f"{where}: {composition_error_line(error, job)}") from None
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Every job was composed and validated in `sweep` before the first batch."""

@@ -59,6 +59,13 @@ UNKNOWN = "unknown key; {option} has no such key (python -m framework --cfg job 
     # judged by the TRL config class before the W&B run starts or the model loads
     ("trainer value", ["+algorithm.trainer.optim=adafactorr"],
      "error: algorithm.trainer.optim is not a valid OptimizerNames (did you mean adafactor?); one of adamw_torch, "),
+    # the evaluation list (evaluation.datasets): each entry a dataset option, loaded before training
+    ("unknown evaluation dataset", ["+dataset@evaluation.datasets.x=gsm8kk"],
+     "error: dataset@evaluation.datasets.x=gsm8kk: no such option; available: arith, gaokao2023en, gsm8k, "),
+    ("evaluation entry no dataset", ["+evaluation.datasets.x=5"],
+     "error: evaluation.datasets.x: is not a dataset option (got 5)"),
+    ("evaluation dataset path", ["+dataset@evaluation.datasets.x=gsm8k", "evaluation.datasets.x.path=/no/such/dir"],
+     "error: evaluation.datasets.x: dataset.path: "),
     ("schema as an option", ["algorithm=sft_schema"],
      "error: algorithm=sft_schema: a schema, not an option; available: bon_sft, dpo, grpo, none, outcome_dpo, rft, "),
 ])

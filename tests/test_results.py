@@ -60,3 +60,15 @@ def test_a_record_that_is_no_jobs_results_is_refused_naming_the_keys(tmp_path):
     (tmp_path / "cut.json").write_text('{"algorithm": "dp')  # a job killed while writing
     with pytest.raises(ValueError):
         JobResult.read(tmp_path / "cut.json")
+
+
+def test_evaluation_datasets_read_back_as_summaries_and_write_back_byte_for_byte(tmp_path):
+    scored = {"dataset": "gsm8k", "metrics": {"accuracy": 0.5, "num_problems": 4}, "evaluation_reused": True,
+              "decoder_config": {"name": "beam", "max_new_tokens": 512, "num_beams": 4, "length_penalty": 1.0}}
+    (tmp_path / "results.json").write_text(_launcher_text({**LAUNCHER_RECORD, "evaluations": {"gsm8k": scored}}))
+    result = JobResult.read(tmp_path / "results.json")
+    assert result.evaluations["gsm8k"].metrics["accuracy"] == 0.5 and result.evaluations["gsm8k"].evaluation_reused
+    result.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (tmp_path / "results.json").read_text()
+    with pytest.raises(ValueError, match="^evaluations: "):
+        JobResult.from_dict({**LAUNCHER_RECORD, "evaluations": {"gsm8k": {"accuracy": 0.5}}})

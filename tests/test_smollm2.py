@@ -97,7 +97,11 @@ PRESET_OF = {"sft": "soc_paper", "soc": "soc_paper", "bon_sft": "sharpening_pape
              "grpo": "self_explore_paper"}  # GRPO has no preset of its own: GSM8K-format sums with outcome rewards
 SHRINK = {
     # zero-shot: a MATH exemplar alone fills the 256 training tokens these runs allow
-    "soc_paper": [f"dataset.path={DATA / 'math'}", "dataset.prompt_format=zero_shot", "decoder.num_beams=2"],
+    # and its second benchmark, GSM8K, shrunk alike (no local GAOKAO2023-En copy: left out)
+    "soc_paper": [f"dataset.path={DATA / 'math'}", "dataset.prompt_format=zero_shot", "decoder.num_beams=2",
+                  f"evaluation.datasets.gsm8k.path={DATA / 'gsm8k'}", "evaluation.datasets.gsm8k.prompt_format=zero_shot",
+                  "evaluation.datasets.gsm8k.test_size=2", "evaluation.datasets.gsm8k.max_new_tokens=24",
+                  "~dataset@evaluation.datasets.gaokao2023en"],
     "sharpening_paper": [f"dataset.path={DATA / 'math'}", "dataset.prompt_format=zero_shot",
                          "decoder.samples_per_prompt=2", "model.lora.rank=4"],
     "self_explore_paper": ["dataset.path={sums}"],
@@ -118,6 +122,8 @@ def test_training_algorithm_runs_on_smollm2_through_its_paper_preset(compose_cfg
                  *[o.replace("{sums}", str(sums_dir)) for o in SHRINK[preset]], *TRAINING, *ALGORITHMS[algorithm]]
     results = run(compose_cfg(overrides, cache), tmp_path)
     assert results["model"] == "hf" and results["metrics"]["num_problems"] == 2
+    if preset == "soc_paper":  # the same model scored on GSM8K in the same job
+        assert results["evaluations"]["gsm8k"]["metrics"]["num_problems"] == 2
     stage = json.loads((cache / algorithm / results["policy"]["key"] / "stage.json").read_text())
     assert stage["global_step"] == 2, "two optimizer steps of this algorithm's own training"
     config = json.loads((tmp_path / "results.json").read_text())["algorithm_config"]

@@ -270,8 +270,33 @@ def job_table_rows(runs: list[Run], short_labels: bool = False) -> list[list[str
     return rows
 
 
+def per_dataset(runs: list[Run]) -> list[tuple[tuple[str, str], list[Run]]]:
+    """The runs by (dataset, model), the jobs' training datasets first: several pairs when the jobs scored their
+    models on evaluation.datasets too (sweep.with_evaluations), each a table of its own in every view."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.result.dataset, run.result.model), []).append(run)
+    return sorted(groups.items(), key=lambda item: (all(run.evaluation for run in item[1]), item[0]))
+
+
+def _each_dataset(runs: list[Run], render) -> str:
+    """`render(runs)` as it always was for one (dataset, model) pair; for several, one under each pair's heading."""
+    groups = per_dataset(runs)
+    if len(groups) <= 1:
+        return render(runs)
+    return "\n\n".join(f"### `{dataset}` with model `{model}`\n\n{render(group)}" for (dataset, model), group in groups)
+
+
 def job_table_markdown(runs: list[Run], missing: list[str]) -> str:
-    """comparison.md: one row per job, with the jobs that left no results."""
+    """comparison.md: one row per job (a table per dataset when the jobs scored several), with the jobs that left
+    no results."""
+    text = _each_dataset(runs, _job_table_markdown) if runs else _job_table_markdown(runs)
+    if missing:
+        text += f"\n\nJobs without results (failed or interrupted): {', '.join(missing)}"
+    return text
+
+
+def _job_table_markdown(runs: list[Run]) -> str:
     rows = job_table_rows(runs, short_labels=True)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -289,8 +314,6 @@ def job_table_markdown(runs: list[Run], missing: list[str]) -> str:
         renamed = {short: full for full, short in shorts.items() if short != full}
         if renamed:
             lines.append("Decoders: " + "; ".join(f"`{short}` is `{full}`" for short, full in renamed.items()) + ".")
-    if missing:
-        lines.append(f"\nJobs without results (failed or interrupted): {', '.join(missing)}")
     return "\n".join(lines)
 
 
@@ -300,14 +323,22 @@ def write_job_table(runs: list[Run], missing: list[str], out_dir: Path) -> str:
     (out_dir / "comparison.md").write_text(text + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
-    writer.writerows(job_table_rows(runs))  # the full decoder labels
+    several = len(per_dataset(runs)) > 1  # jobs scored on evaluation.datasets: a dataset column tells rows apart
+    writer.writerow([*COLUMNS, "dataset"] if several else COLUMNS)
+    rows = job_table_rows(runs)  # the full decoder labels
+    writer.writerows([[*row, run.result.dataset] for row, run in zip(rows, runs)] if several else rows)
     (out_dir / "comparison.csv").write_text(buffer.getvalue())
     return text
 
 
 # ---------------------------------------------------------------------------- the papers' views
 def width_table(runs: list[Run]) -> str:
+    """Accuracy by beam width per method and beam ranking (SOC paper's view), pooled over seeds: one table per
+    dataset (`_width_table`)."""
+    return _each_dataset(runs, _width_table)
+
+
+def _width_table(runs: list[Run]) -> str:
     """Accuracy by beam width per method and beam ranking (SOC paper's view), pooled over seeds.
 
     Each cell is the report's accuracy with its interval over seeds and problems (`seed_problem_interval`).
@@ -353,6 +384,11 @@ def width_table(runs: list[Run]) -> str:
 
 
 def bon_curve_table(runs: list[Run]) -> str:
+    """Best-of-N accuracy against N' (`_bon_curve_table`), one table per dataset."""
+    return _each_dataset(runs, _bon_curve_table)
+
+
+def _bon_curve_table(runs: list[Run]) -> str:
     """Best-of-N accuracy against N' per (method, selector, seed), from each job's subsampled curve
     (the sharpening paper's view): accuracy %, its lift over the same method's greedy accuracy, and
     pass@N' (coverage: any of N' samples correct). The greedy accuracy is the one report.md's lift uses

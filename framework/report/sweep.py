@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from framework.jsonl import read_jsonl
@@ -27,19 +27,24 @@ class Run:
     # the report's row: the algorithm, with the keys that vary among its jobs (`xpo(alpha=[0.1])`), or
     # `<method> control`; set by `label_runs`
     method_label: str = ""
+    # the entry of evaluation.datasets this run reads (its result.dataset): the job's model scored on that dataset,
+    # its generations in <job dir>/evaluations/<name>/; None: the job's training dataset
+    evaluation: str | None = None
 
     def __post_init__(self) -> None:
         self.method_label = self.method_label or self.result.algorithm
 
     @property
     def name(self) -> str:
-        """The job in messages: its directory's name, else the W&B run's."""
-        return Path(self.job_dir or self.source or "?").name
+        """The job in messages: its directory's name, else the W&B run's (and the evaluation dataset's name)."""
+        name = Path(self.job_dir or self.source or "?").name
+        return f"{name} on {self.evaluation}" if self.evaluation else name
 
     @property
     def generations_file(self) -> Path | None:
         """The job's scored outputs (generations.jsonl), None when there are none to read."""
-        file = self.job_dir / "generations.jsonl" if self.job_dir is not None else None
+        where = self.job_dir / "evaluations" / self.evaluation if self.evaluation else self.job_dir
+        file = where / "generations.jsonl" if self.job_dir is not None else None
         return file if file is not None and file.is_file() else None
 
     def generations(self) -> list[dict]:
@@ -79,10 +84,22 @@ def collect(sweep_dir: Path) -> tuple[list[Run], list[str]]:
             missing.append(name)
             continue
         try:
-            runs.append(Run(JobResult.from_dict(record), job_dir=job_dir))
+            runs += with_evaluations(Run(JobResult.from_dict(record), job_dir=job_dir))
         except ValueError as error:
             raise ReportError(f"{file}: {error}") from None
     return label_runs(runs), missing
+
+
+def with_evaluations(run: Run) -> list[Run]:
+    """The job's run, then one run per dataset of its `evaluations` (evaluation.datasets): the same job with that
+    dataset's name, metrics and decoder settings, so that the report's tables, plots and comparisons, all per
+    dataset, give each dataset its own section. The premises and the control belong to the training dataset."""
+    evaluations = run.result.evaluations or {}
+    return [run] + [Run(replace(run.result, dataset=name, metrics=summary.metrics,
+                                decoder_config=summary.decoder_config, evaluation_reused=summary.evaluation_reused,
+                                premises=None, control=None, evaluations=None),
+                        job_dir=run.job_dir, source=run.source, evaluation=name)
+                    for name, summary in evaluations.items()]
 
 
 def control_label(method_label: str) -> str:

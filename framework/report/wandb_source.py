@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 from framework.paths import CONF_DIR
-from framework.report.sweep import ReportError, Run, label_runs, scores_from_rows
-from framework.results import JobResult
+from framework.report.sweep import ReportError, Run, label_runs, scores_from_rows, with_evaluations
+from framework.results import EvaluationSummary, JobResult
 
 GROUPS = ("model", "dataset", "algorithm", "decoder", "logger")
 
@@ -56,13 +56,33 @@ def _resolved_wandb_config(config: dict) -> dict:
         return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
 
 
-def _run_from_wandb(run, scratch: Path) -> Run:
-    """A Run from a W&B run's config and summary; per-problem scores come from the logged generations
-    table when it holds every problem (`logger.max_table_rows` large enough)."""
+def _logged_scores(run, summary: dict, prefix: str, metrics: dict, scratch: Path) -> dict[int, float] | None:
+    """Per-problem scores from the generations table logged under `<prefix>generations`, None unless it holds
+    every problem."""
+    table = summary.get(f"{prefix}generations")
+    if not (isinstance(table, dict) and table.get("path")):
+        return None
+    downloaded = run.file(table["path"]).download(root=str(scratch), replace=True)
+    downloaded.close()
+    content = json.loads((scratch / table["path"]).read_text())
+    rows = [dict(zip(content["columns"], row)) for row in content["data"]]
+    logged = scores_from_rows(rows) if rows and "chosen" in rows[0] else {}
+    return logged if len(logged) == metrics.get("num_problems") else None
+
+
+def _metrics_under(summary: dict, prefix: str) -> dict:
+    """The evaluation metrics logged under `prefix` (eval/ or eval/<dataset>/), its generations table aside."""
+    return {key[len(prefix):]: value for key, value in summary.items()
+            if key.startswith(prefix) and "/" not in key[len(prefix):] and key != f"{prefix}generations"}
+
+
+def _runs_from_wandb(run, scratch: Path) -> list[Run]:
+    """The Runs of a W&B run's config and summary: its training dataset's, then one per evaluation dataset
+    (`eval/<name>/` keys); per-problem scores come from each logged generations table when it holds every
+    problem (`logger.max_table_rows` large enough)."""
     # summary_metrics: plain JSON (run.summary wraps nested values such as the table reference)
     config, summary = _resolved_wandb_config(dict(run.config)), dict(run.summary_metrics)
-    metrics = {key[len("eval/"):]: value for key, value in summary.items()
-               if key.startswith("eval/") and key != "eval/generations"}
+    metrics = _metrics_under(summary, "eval/")
     compute = {key[len("compute/"):]: value for key, value in summary.items() if key.startswith("compute/")}
     decoder = dict(config.get("decoder") or {})
     result = JobResult(
@@ -71,16 +91,19 @@ def _run_from_wandb(run, scratch: Path) -> Run:
         model=config["model"]["name"], seed=config["seed"], metrics=metrics, algorithm_config=config["algorithm"],
         decoder_config=decoder, train_seconds=compute.get("train_seconds", 0.0), wall_seconds=summary.get("_runtime"),
         compute=compute or None)
-    scores = None
-    table = summary.get("eval/generations")
-    if isinstance(table, dict) and table.get("path"):
-        downloaded = run.file(table["path"]).download(root=str(scratch), replace=True)
-        downloaded.close()
-        content = json.loads((scratch / table["path"]).read_text())
-        rows = [dict(zip(content["columns"], row)) for row in content["data"]]
-        logged = scores_from_rows(rows) if rows and "chosen" in rows[0] else {}
-        scores = logged if len(logged) == metrics.get("num_problems") else None
-    return Run(result, source=getattr(run, "url", run.name), logged_scores=scores)
+    # evaluation.datasets: each dataset's metrics under eval/<name>/ (its decoder settings are the job's: the
+    # generation length a dataset gave it is not in the run's config)
+    entries = ((config.get("evaluation") or {}).get("datasets") or {})
+    evaluations = {name: EvaluationSummary(dataset=entry.get("name", name), decoder_config=decoder,
+                                           metrics=_metrics_under(summary, f"eval/{name}/"), evaluation_reused=False)
+                   for name, entry in entries.items() if f"eval/{name}/accuracy" in summary}
+    result.evaluations = evaluations or None
+    source = getattr(run, "url", run.name)
+    runs = with_evaluations(Run(result, source=source))
+    for each in runs:
+        prefix = f"eval/{each.evaluation}/" if each.evaluation else "eval/"
+        each.logged_scores = _logged_scores(run, summary, prefix, each.result.metrics, scratch)
+    return runs
 
 
 def collect_wandb(group: str, project: str, entity: str | None = None, api=None) -> tuple[list[Run], list[str]]:
@@ -104,7 +127,7 @@ def collect_wandb(group: str, project: str, entity: str | None = None, api=None)
             if run.state != "finished" or "eval/accuracy" not in run.summary_metrics:
                 missing.append(f"`{run.name}` (W&B state {run.state})")
                 continue
-            runs.append(_run_from_wandb(run, Path(scratch) / run.id))
+            runs += _runs_from_wandb(run, Path(scratch) / run.id)
     if not runs and not missing:
         raise ReportError(f"no runs in W&B group {group!r} of project {path!r}")
     return label_runs(runs), missing
