@@ -571,6 +571,9 @@ class RunConfig(Validated):
             require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.decoder, "length_penalty", 0) == 0,
                     "decoder.length_penalty", "must be 0 for beam search with engine=vllm (vLLM's length counts "
                     "the prompt's tokens)", getattr(self.decoder, "length_penalty", None))
+            require(not (self.model.lora.enabled and self.evaluation.during_training.enabled), "evaluation.during_training",
+                    "keeps a LoRA checkpoint as its adapter, which vllm cannot load; use engine=transformers or "
+                    "turn it off", "on")
             require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.dataset, "prompt_format", "") != "few_shot",
                     "dataset.prompt_format", "must not be few_shot for beam search with engine=vllm (vLLM's beam "
                     "search cannot stop at the next exemplar; engine=transformers can)",

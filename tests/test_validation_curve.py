@@ -66,7 +66,8 @@ def test_a_run_without_a_validation_split_keeps_the_data_and_training_keys_it_ha
 
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("overrides, key", [
-    (["evaluation.during_training.every_steps=0", "dataset.validation_size=8"], "evaluation.during_training.every_steps"),
+    (["evaluation.during_training.every_steps=0", "dataset.validation_size=8"],
+     "evaluation.during_training.every_steps"),
     (["evaluation.during_training.every_steps=5"], "evaluation.during_training"),
     (["evaluation.during_training.each_epoch=true"], "evaluation.during_training"),
     (["evaluation.during_training.max_problems=0", "dataset.validation_size=8",
@@ -234,3 +235,37 @@ def test_the_kept_checkpoint_is_the_model_of_the_step_that_scored_best_the_earli
     assert not all(torch.equal(kept[name], seen[3][name]) for name in kept)
     last = _weights(_stage_dir(cache, result) / "output")
     assert all(torch.equal(last[name], seen[5][name]) for name in last)  # the curve's last point is the final model
+
+
+class Killed(Exception):
+    """Stands for a kill in the middle of training."""
+
+
+@pytest.mark.slow  # two tiny SFT runs of a few steps (the second resumes): about 25 s
+def test_a_resumed_training_keeps_the_best_checkpoint_its_restored_curve_knows(compose_cfg, tmp_path, monkeypatch):
+    """Killed after a new best (step 5) was kept but before its checkpoint was saved: the rerun resumes from step
+    4's checkpoint, whose history has step 2 as the best, and must keep step 2's weights, not step 5's."""
+    from framework.algorithms.validation import ValidationEvaluator
+    from framework.job import run
+
+    scripts = {"first": iter([0.1, 0.5, 0.3, 0.2, 0.9, Killed()]), "rerun": iter([0.4, 0.45])}
+    script, seen = "first", {}
+
+    def scripted(self, model, tokenizer):
+        value = next(scripts[script])
+        if isinstance(value, Killed):
+            raise value
+        seen.setdefault(script, []).append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        return value
+
+    monkeypatch.setattr(ValidationEvaluator, "accuracy", scripted)
+    cache = tmp_path / "cache"
+    overrides = [*CURVE, "algorithm.max_steps=6", "algorithm.save_steps=2", "evaluation.during_training.every_steps=1"]
+    with pytest.raises(Killed):
+        run(compose_cfg(overrides, cache), tmp_path / "first")
+    script = "rerun"
+    result = run(compose_cfg(overrides, cache), tmp_path / "rerun")
+    best = result["best_on_validation"]
+    assert (best["step"], best["validation_accuracy"], best["points"]) == (2, 0.5, 6)
+    kept = _weights(_stage_dir(cache, result) / "output" / best["checkpoint"])
+    assert all(torch.equal(kept[name], seen["first"][1][name]) for name in kept)

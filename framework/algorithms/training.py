@@ -122,8 +122,8 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
             output = stage.new_output_dir()
             save_trained_model(trainer, output, ctx.model_config.lora.checkpoint)
             if validation is not None:  # the best-on-validation weights move into the output, or are the output
-                metadata = {**(metadata or {}),
-                            "best_on_validation": validation.finish(trainer.state.log_history, stage.checkpoints, output)}
+                best = validation.finish(trainer.state.log_history, stage.checkpoints, output)
+                metadata = {**(metadata or {}), "best_on_validation": best}
             # TRL's SFT/DPO trainers (and SOC, XPO here) count non-padding tokens; since the last resume
             tokens = getattr(trainer, "_total_train_tokens", None)
             # log_history: the trainer's logged steps (loss, learning rate, ...; restored on resume), so that a job

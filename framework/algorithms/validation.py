@@ -8,8 +8,8 @@ optimizer steps and/or at each epoch's end, and the checkpoint that scored best 
                           decodes the validation prompts greedily with the framework's own engine
                           (generation.TransformersEngine, batched) on the in-memory model, adds `validation_accuracy`
                           to the trainer's log_history (restored on resume, kept in the stage's record, replayed to
-                          W&B as a curve against the optimizer step, train/<stage kind>/validation_accuracy), and saves the
-                          model whenever it beats every earlier point (ties keep the earlier step)
+                          W&B as a curve against the optimizer step, train/<stage kind>/validation_accuracy), and
+                          saves the model whenever it beats every earlier point (ties keep the earlier step)
 
 Evaluating does not change training: greedy decoding draws no random numbers and runs under
 `torch.random.fork_rng` all the same, the model goes back to the mode it was in, and the engine never compiles the
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from framework.config import DuringTrainingConfig, EngineConfig
 from framework.stages import code_fingerprint
@@ -110,13 +111,19 @@ class ValidationCallback(TrainerCallback):
         self.evaluator, self.trainer, self.best_dir = evaluator, trainer, best_dir
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # resumed: the kept weights must be from a step the restored log_history has (a run killed after saving a
-        # later best has lost that point; it is scored again)
-        step_file = self.best_dir / STEP_FILE
-        best = best_point(state.log_history)
-        kept = json.loads(step_file.read_text())["step"] if step_file.is_file() else None
-        if self.best_dir.exists() and (best is None or kept != best["step"]):
-            shutil.rmtree(self.best_dir)
+        # resumed from checkpoint-<step>: the kept weights are the ones that checkpoint holds (on_save), the best of
+        # the log_history it restored; a best kept after it was saved belongs to points the rerun scores again
+        shutil.rmtree(self.best_dir, ignore_errors=True)
+        saved = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / BEST_DIR
+        if state.global_step > 0 and saved.is_dir():
+            _link_tree(saved, self.best_dir)
+
+    def on_save(self, args, state, control, **kwargs):
+        # the trainer has written checkpoint-<step>: the best so far goes with it, so that a resume from it has
+        # the weights of the best point in the log_history it restores (hard links: kept files are never rewritten)
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.best_dir.is_dir() and checkpoint.is_dir():
+            _link_tree(self.best_dir, checkpoint / BEST_DIR)
 
     def on_step_end(self, args, state, control, **kwargs):
         every = self.evaluator.config.every_steps
@@ -154,6 +161,24 @@ class ValidationCallback(TrainerCallback):
         (partial / STEP_FILE).write_text(json.dumps({"step": step, "validation_accuracy": accuracy}))
         shutil.rmtree(self.best_dir, ignore_errors=True)
         partial.rename(self.best_dir)
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source` made of hard links (a copy where links fail), written beside and renamed."""
+    import os
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, partial, copy_function=link)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
 
 
 def finish(log_history: list[dict], checkpoint_dir: Path, output: Path) -> dict | None:

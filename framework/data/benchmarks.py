@@ -428,7 +428,7 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
                                 [(p.question, p.demonstration) for p in exemplars])
         stop = few_shot_stop(config.prompt_template, config.few_shot_separator)
     validation_problems = None
-    if config.validation_size:  # the last rows of the training split, out of training (before train_size keeps the first)
+    if config.validation_size:  # the training split's last rows, out of training (before train_size keeps the first)
         if not train_problems:
             raise ConfigError(f"dataset.validation_size: the validation split is carved from the training split, and "
                               f"dataset={config.name} has none here; set dataset.validation_size=0")
