@@ -571,9 +571,9 @@ class RunConfig(Validated):
             require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.decoder, "length_penalty", 0) == 0,
                     "decoder.length_penalty", "must be 0 for beam search with engine=vllm (vLLM's length counts "
                     "the prompt's tokens)", getattr(self.decoder, "length_penalty", None))
-            require(not (self.model.lora.enabled and self.evaluation.during_training.enabled), "evaluation.during_training",
-                    "keeps a LoRA checkpoint as its adapter, which vllm cannot load; use engine=transformers or "
-                    "turn it off", "on")
+            require(not (self.model.lora.enabled and self.evaluation.during_training.enabled),
+                    "evaluation.during_training", "keeps a LoRA checkpoint as its adapter, which vllm cannot load; "
+                    "use engine=transformers or turn it off", "on")
             require(getattr(self.decoder, "num_beams", 1) <= 1 or getattr(self.dataset, "prompt_format", "") != "few_shot",
                     "dataset.prompt_format", "must not be few_shot for beam search with engine=vllm (vLLM's beam "
                     "search cannot stop at the next exemplar; engine=transformers can)",
@@ -587,10 +587,14 @@ class RunConfig(Validated):
                  "each_epoch": self.evaluation.during_training.each_epoch})
         require(self.evaluation.objective != "validation" or validation > 0, "evaluation.objective",
                 "=validation needs a validation split; set dataset.validation_size=<N>", self.evaluation.objective)
-        # the trainer's processes would each hold a model to score, and the kept checkpoint needs them all: one here
-        require(not self.evaluation.during_training.enabled or distributed_world_size() == 1,
-                "evaluation.during_training", f"runs in a single process, and this job runs as "
-                f"{distributed_world_size()}; launch it without accelerate/torchrun or turn it off", "on")
+        # sharded weights (ZeRO-3, FSDP) cannot decode on one process, and the kept checkpoint's save needs every
+        # process at the same point: the curve is scored in single-process jobs only
+        from framework import distributed
+
+        processes = distributed.launched_world_size()
+        require(not self.evaluation.during_training.enabled or processes == 1, "evaluation.during_training",
+                f"runs in a single process, and this job runs as {processes}; launch it without accelerate/torchrun "
+                "or turn it off", "on")
         self.plan.validate("plan")
 
 
@@ -602,12 +606,6 @@ GROUP_BASES = {
     "engine": EngineConfig,
     "logger": LoggerConfig,
 }
-
-
-def distributed_world_size() -> int:
-    from framework import distributed
-
-    return distributed.launched_world_size()
 
 
 def register_schema(group: str, name: str, schema: type, *, as_option: bool = False) -> None:

@@ -150,6 +150,11 @@ def test_evaluation_during_training_logs_a_curve_keeps_the_best_checkpoint_and_c
     assert [(row["train/sft/step"], row["train/sft/validation_accuracy"]) for row in curve] == \
         [(entry["step"], entry["validation_accuracy"]) for entry in points]
 
+    # off, the training stage's spec has no trace of it (its key is what it was before evaluation during training)
+    plain_record = json.loads((_stage_dir(cache, plain) / "stage.json").read_text())
+    assert "during_training" in record["spec"] and "during_training" not in plain_record["spec"]
+    assert set(record["spec"]) - set(plain_record["spec"]) == {"during_training"}
+
     # evaluating changed no weight: the last model equals the one trained without evaluation
     evaluated_weights, plain_weights = _weights(_stage_dir(cache, evaluated) / "output"), \
         _weights(_stage_dir(cache, plain) / "output")
@@ -255,7 +260,8 @@ def test_a_resumed_training_keeps_the_best_checkpoint_its_restored_curve_knows(c
         value = next(scripts[script])
         if isinstance(value, Killed):
             raise value
-        seen.setdefault(script, []).append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        seen.setdefault(script, []).append(weights)
         return value
 
     monkeypatch.setattr(ValidationEvaluator, "accuracy", scripted)
