@@ -23,6 +23,7 @@ from framework.config import GROUP_BASES  # noqa: E402
 from framework.errors import ConfigError, composition_error_line  # noqa: E402
 from framework.help import refuse_schema_choices, register_resolver  # noqa: E402
 from framework.job import run  # noqa: E402
+from framework.results import JobResult  # noqa: E402
 from framework.paths import CONF_DIR  # noqa: E402
 
 register_resolver()  # --help's listing (conf/config.yaml, hydra.help.template); here, where every launcher imports
@@ -59,7 +60,8 @@ def hydra_entry(cfg: DictConfig) -> float:
 
             print(plan_only(cfg) + "\n", flush=True)
             return 0.0
-        return run(cfg, output_dir, group, overrides)["metrics"]["accuracy"]
+        # accuracy on the test split, or on the validation split with evaluation.objective=validation
+        return JobResult.from_dict(run(cfg, output_dir, group, overrides)).objective_value()
     except ConfigError as error:
         if group is not None:  # in a sweep: fail this job only; Hydra runs the others and reports it
             raise

@@ -348,6 +348,9 @@ class DatasetConfig(Validated):
     path: str | None = None  # local directory with train.jsonl / test.jsonl; overrides the built-in source
     train_size: int | None = None  # first N training rows (None: all)
     test_size: int | None = None  # first N test rows (None: all)
+    # problems held out for validation (evaluation.during_training, evaluation.objective=validation); 0: none. The
+    # embedded task generates fresh ones; a real dataset takes the last N rows of its training split, out of training
+    validation_size: int = 0
     prompt_template: str = "{question}\n"  # how a question becomes the model's prompt
     # generation length of every decoder and sampling stage unless set there (their YAMLs interpolate it);
     # the papers': GSM8K 512, MATH / MATH-500 / GAOKAO 1024 new tokens (a truncated solution is wrong)
@@ -358,6 +361,8 @@ class DatasetConfig(Validated):
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"{prefix}.{key}", "must be >= 1 or null", value)
+        require(self.validation_size >= 0, f"{prefix}.validation_size", "must be >= 0 (0: no validation split)",
+                self.validation_size)
         require("{question}" in self.prompt_template, f"{prefix}.prompt_template",
                 "must contain the placeholder {question}", self.prompt_template)
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens", "must be >= 1", self.max_new_tokens)
@@ -467,6 +472,31 @@ class StagesConfig(Validated):
 
 
 @dataclass
+class DuringTrainingConfig(Validated):
+    """Greedy accuracy on the validation split while a method trains (framework/algorithms/validation.py): a curve
+    against the optimizer step, and the checkpoint that scored best kept beside the last one. Off unless
+    `every_steps` or `each_epoch` is set."""
+
+    every_steps: int | None = None  # score every N optimizer steps; null: not by steps
+    each_epoch: bool = False  # score at the end of each epoch
+    max_problems: int | None = None  # the first N problems of the validation split (null: all of it)
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_steps is not None or self.each_epoch
+
+    def checks(self, prefix: str) -> None:
+        super().checks(prefix)
+        require(self.every_steps is None or self.every_steps >= 1, f"{prefix}.every_steps",
+                "must be >= 1, or null (not by steps)", self.every_steps)
+        require(self.max_problems is None or self.max_problems >= 1, f"{prefix}.max_problems",
+                "must be >= 1, or null for the whole validation split", self.max_problems)
+
+
+OBJECTIVES = ("test", "validation")
+
+
+@dataclass
 class EvaluationConfig(Validated):
     """What evaluation measures beyond accuracy."""
 
@@ -484,9 +514,15 @@ class EvaluationConfig(Validated):
     # and generation length. The name heads its table in the report, results.json's `evaluations` and W&B's
     # `eval/<name>/` keys. Empty: the training dataset only.
     datasets: dict[str, Any] = field(default_factory=dict)
+    during_training: DuringTrainingConfig = field(default_factory=DuringTrainingConfig)
+    # what a job returns to a sweeper that optimises (sweeps/search_sft.yaml): its decoder's accuracy on the test
+    # split, or on the validation split (dataset.validation_size), so that a search does not select on test prompts
+    objective: str = "test"
 
     def checks(self, prefix: str) -> None:
         super().checks(prefix)
+        require(self.objective in OBJECTIVES, f"{prefix}.objective", f"must be one of {list(OBJECTIVES)}",
+                self.objective)
         require(self.sequences_per_forward >= 1, f"{prefix}.sequences_per_forward", "must be >= 1",
                 self.sequences_per_forward)
         for name, dataset in self.datasets.items():
@@ -546,9 +582,27 @@ class RunConfig(Validated):
                     "vllm needs full weights on disk; with LoRA set model.lora.checkpoint=merged", "vllm")
             require(not getattr(self.model, "gguf_file", None) or getattr(self.model, "cache_dequantized", True),
                     "engine", "vllm cannot read GGUF here; set model.cache_dequantized=true", "vllm")
+            require(not (self.model.lora.enabled and self.evaluation.during_training.enabled),
+                    "evaluation.during_training", "keeps a LoRA checkpoint as its adapter, which vllm cannot load; "
+                    "use engine=transformers or turn it off", "on")
         self.check_decoding(self.dataset, self.decoder, "dataset")
         self.stages.validate("stages")
         self.evaluation.validate("evaluation")
+        validation = getattr(self.dataset, "validation_size", 0)
+        require(not self.evaluation.during_training.enabled or validation > 0, "evaluation.during_training",
+                "scores a validation split, and dataset.validation_size is 0; set dataset.validation_size=<N>",
+                {"every_steps": self.evaluation.during_training.every_steps,
+                 "each_epoch": self.evaluation.during_training.each_epoch})
+        require(self.evaluation.objective != "validation" or validation > 0, "evaluation.objective",
+                "=validation needs a validation split; set dataset.validation_size=<N>", self.evaluation.objective)
+        # sharded weights (ZeRO-3, FSDP) cannot decode on one process, and the kept checkpoint's save needs every
+        # process at the same point: the curve is scored in single-process jobs only
+        from framework import distributed
+
+        processes = distributed.launched_world_size()
+        require(not self.evaluation.during_training.enabled or processes == 1, "evaluation.during_training",
+                f"runs in a single process, and this job runs as {processes}; launch it without accelerate/torchrun "
+                "or turn it off", "on")
         self.plan.validate("plan")
 
     def check_decoding(self, dataset, decoder, dataset_key: str) -> None:

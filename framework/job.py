@@ -211,6 +211,37 @@ def _evaluate_control(settings, control, start, data, decoder, stages, runtime, 
     return ControlSummary(policy=control.fingerprint, metrics=metrics, dir=str(directory))
 
 
+def _during_training(settings, data):
+    """evaluation.during_training's evaluator on the labelled validation split (every method's trainer gets its
+    callback, framework/algorithms/validation.py), or None when it is off."""
+    if not settings.evaluation.during_training.enabled:
+        return None
+    from framework.algorithms.validation import ValidationEvaluator
+
+    if data.validation is None:
+        raise ConfigError(f"evaluation.during_training: dataset={settings.dataset.name} made no validation split; "
+                          "set dataset.validation_size=<N>")
+    return ValidationEvaluator(settings.evaluation.during_training, data.validation, data.checker,
+                               settings.decoder.max_new_tokens, data.stop, settings.engine, data.fingerprint)
+
+
+def _validation_split(data):
+    """`data` with its validation split in the place of the test split (keyed apart from the test split's)."""
+    if data.validation is None:
+        raise ConfigError("evaluation.objective=validation: the dataset made no validation split; set "
+                          "dataset.validation_size=<N>")
+    return replace(data, test=data.validation, dropped_empty_gold=0,
+                   fingerprint={**data.fingerprint, "split": "validation"})
+
+
+def _best_on_validation(ctx, policy) -> dict | None:
+    """The best-on-validation record (with its `model`) of the training stage that made `policy`, or None."""
+    for entry in reversed(ctx.trained):
+        if entry.get("key") == policy.fingerprint.get("key") and entry.get("best_on_validation"):
+            return dict(entry["best_on_validation"])
+    return None
+
+
 def check(cfg: DictConfig):
     """The composed config, validated (a RunConfig): what every job checks first and a sweep checks for each of
     its jobs before the first runs (framework/sweeper.py). ConfigError, naming the key, on any bad value."""
@@ -314,7 +345,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         set_seed(settings.seed)
         context = AlgorithmContext(config=settings.algorithm, base=base, data=data, stages=stages, runtime=runtime,
                                    seed=settings.seed, report_to=tracker.report_to, output_dir=output_dir,
-                                   log=tracker.log, model_config=settings.model, engine=settings.engine)
+                                   log=tracker.log, model_config=settings.model, engine=settings.engine,
+                                   during_training=_during_training(settings, data))
         trained_at = time.time()
         method_context = starting_context(context, algorithm)
         policy = algorithm(method_context)
@@ -332,6 +364,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
             if control is not None:
                 _evaluate(settings, control[0], data, decoder, stages, runtime)
             _evaluate_on_each(settings, policy, more, stages, runtime)
+            if settings.evaluation.objective == "validation":
+                _evaluate(settings, policy, _validation_split(data), decoder, stages, runtime)
             results, failed = distributed.wait_for_main("scoring the test split"), False
             return results
         main_evaluates = True
@@ -361,6 +395,16 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         evaluated = _evaluate_on_each(settings, policy, more, stages, runtime)
         if evaluated:
             result.evaluations = _record_evaluations(evaluated, output_dir, tracker)
+        if settings.evaluation.objective == "validation":  # what a search maximises instead of test accuracy
+            validation_metrics, _, _ = _evaluate(settings, policy, _validation_split(data), decoder, stages, runtime)
+            result.validation, result.objective = {"metrics": validation_metrics}, "validation"
+            tracker.summary({f"validation_eval/{key}": value for key, value in validation_metrics.items()})
+        if (best := _best_on_validation(method_context, policy)) is not None:
+            model = best.pop("model")
+            best_metrics, _, _ = _evaluate(settings, model, data, decoder, stages, runtime)
+            result.best_on_validation = {**best, "policy": model.fingerprint, "metrics": best_metrics}
+            tracker.summary({"best_on_validation/step": best["step"],
+                             **{f"best_on_validation/{key}": value for key, value in best_metrics.items()}})
         result.write(output_dir / "results.json")
         results = result.to_dict()
         tracker.log(metrics, prefix="eval/")
@@ -381,4 +425,8 @@ def run(cfg: DictConfig, output_dir: Path, group: str | None = None, overrides: 
         print(f"{run_name} on {name}: accuracy {scores['accuracy']:.3f} [{scores['accuracy_ci_low']:.3f}, "
               f"{scores['accuracy_ci_high']:.3f}] (n={scores['num_problems']}), mean {scores['mean_tokens']:.1f} "
               "tokens", flush=True)
+    if results and (best := results.get("best_on_validation")):
+        print(f"  best on validation: step {best['step']} of {best['last_step']} (validation accuracy "
+              f"{best['validation_accuracy']:.3f}, last {best['last_validation_accuracy']:.3f}): test accuracy "
+              f"{best['metrics']['accuracy']:.3f}", flush=True)
     return results

@@ -75,8 +75,19 @@ class JobResult:
     # training dataset's
     evaluations: dict[str, EvaluationSummary] | None = None
 
+    # evaluation.during_training: the checkpoint of the model's last training stage that scored best on the
+    # validation split, evaluated like the last one: {"step", "validation_accuracy", "last_step",
+    # "last_validation_accuracy", "points", "checkpoint", "policy", "metrics" (its test metrics)}
+    best_on_validation: dict[str, Any] | None = None
+    # evaluation.objective=validation: {"metrics": the job's decoder on the validation split}, and the objective a
+    # sweeper maximises (`objective` names the split; absent: test, metrics.accuracy)
+    validation: dict[str, Any] | None = None
+    objective: str | None = None
+
+
     # Written only when set, as the launcher always has: every other key is written, null when None.
-    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("premises", "control", "control_of", "training", "evaluations")
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("premises", "control", "control_of", "training", "evaluations",
+                                                    "best_on_validation", "validation", "objective")
 
     def to_dict(self) -> dict[str, Any]:
         record = {item.name: getattr(self, item.name) for item in fields(self)}
@@ -114,6 +125,12 @@ class JobResult:
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str))
+
+    def objective_value(self) -> float:
+        """What the job returns to an optimising sweeper: accuracy on the split `objective` names (default test)."""
+        if self.objective == "validation":
+            return self.validation["metrics"]["accuracy"]
+        return self.metrics["accuracy"]
 
     @classmethod
     def read(cls, path: Path) -> JobResult:

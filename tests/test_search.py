@@ -1,5 +1,7 @@
 """The hyperparameter-search preset (sweeps/search_sft.yaml): Optuna's sweeper maximising the accuracy the
-launcher returns, over keys the chosen method's schema has; and a real two-trial search with its report."""
+launcher returns (on a validation split), over keys the chosen method's schema has; and a real two-trial search
+with its report."""
+import json
 import subprocess
 import sys
 from dataclasses import fields, is_dataclass
@@ -29,7 +31,7 @@ def test_search_preset_selects_optunas_seeded_tpe_maximising_accuracy_one_trial_
     import optuna
 
     sweeper_config = compose_search().hydra.sweeper
-    assert sweeper_config.direction == "maximize"  # hydra_entry returns metrics.accuracy
+    assert sweeper_config.direction == "maximize"  # hydra_entry returns the validation split's accuracy
     assert sweeper_config.n_jobs == 1 and 1 <= sweeper_config.n_trials <= 50
     sweeper = instantiate(sweeper_config)  # as Hydra builds it: the sampler's keys must suit this Optuna
     assert type(sweeper).__name__ == "OptunaSweeper"
@@ -73,6 +75,10 @@ def test_two_trial_search_writes_each_trials_results_the_best_trial_and_the_repo
     results = sorted(sweep_dir.glob("*/results.json"))
     assert len(results) == 2, results
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    # the objective Optuna read is each trial's accuracy on the validation split (the preset's), not on the test split
+    trials = [json.loads(path.read_text()) for path in results]
+    assert all(trial["objective"] == "validation" for trial in trials)
+    assert best.best_value == max(trial["validation"]["metrics"]["accuracy"] for trial in trials)
     assert set(best.best_params) == {"algorithm.learning_rate", "algorithm.num_train_epochs"}
     assert best.best_params["algorithm.num_train_epochs"] in (1, 2)
     assert 1e-6 <= best.best_params["algorithm.learning_rate"] <= 1e-3

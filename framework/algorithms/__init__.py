@@ -49,6 +49,9 @@ class AlgorithmContext:
     control_data: TaskData | None = None  # label-free methods: the labelled data, for their control's SFT only
     trained: list = field(default_factory=list)  # every training stage this job ran or reused, in order (train_in_stage)
     artifacts: dict = field(default_factory=dict)  # the training data a method built, for framework/premises.py
+    # evaluation.during_training: the launcher's algorithms/validation.ValidationEvaluator, which train_in_stage adds to
+    # every trainer; None: off
+    during_training: Any = None
 
     @property
     def built(self) -> ModelHandle:

@@ -99,12 +99,19 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
     start = start or ctx.base
     if (lora := ctx.model_config.lora.spec()) is not None:
         spec = {**spec, "lora": lora}  # absent when off, so full fine-tuning keys do not change
+    # evaluation.during_training (algorithms/validation.py, reached through the context so that its code joins the
+    # keys of the stages it scores only): the curve and the kept checkpoint are part of the stage; absent when off
+    validation = ctx.during_training
+    if validation is not None:
+        spec = {**spec, "during_training": validation.spec()}
     with ctx.stages.open(kind, spec, collective=True, code=code) as stage:  # every process trains (DDP/DeepSpeed/FSDP)
         if stage.done:
             log.info("reusing %s model %s (stages.reuse=false retrains)", kind, stage.output)
         else:
             trainer = make_trainer(str(stage.checkpoints))
             console.stage_progress(trainer, f"train {kind}")
+            if validation is not None:
+                trainer.add_callback(validation.callback(trainer, stage.checkpoints))
             last = last_complete_checkpoint(stage.checkpoints)
             if last:
                 log.info("resuming %s from %s", kind, last)
@@ -114,6 +121,9 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
                 result = trainer.train(resume_from_checkpoint=last)
             output = stage.new_output_dir()
             save_trained_model(trainer, output, ctx.model_config.lora.checkpoint)
+            if validation is not None:  # the best-on-validation weights move into the output, or are the output
+                best = validation.finish(trainer.state.log_history, stage.checkpoints, output)
+                metadata = {**(metadata or {}), "best_on_validation": best}
             # TRL's SFT/DPO trainers (and SOC, XPO here) count non-padding tokens; since the last resume
             tokens = getattr(trainer, "_total_train_tokens", None)
             # log_history: the trainer's logged steps (loss, learning rate, ...; restored on resume), so that a job
@@ -125,10 +135,28 @@ def train_in_stage(ctx: AlgorithmContext, kind: str, spec: dict, make_trainer: C
     adapter_only = lora is not None and ctx.model_config.lora.checkpoint == "adapter"
     trained = ModelHandle(str(stage.output), {"stage": kind, "key": stage.key}, ctx.model_config.load_options(),
                           adapter_base=start if adapter_only else None)
-    # what the method's control copies (starting.train_control): the stage's start, steps and keys
+    # what the method's control copies (starting.train_control): the stage's start, steps and keys; and the
+    # checkpoint that scored best on validation (evaluation.during_training), which the launcher evaluates too
     ctx.trained.append({"kind": kind, "start": start, "steps": stage.metadata()["global_step"],
-                        "training": training or ctx.config})
+                        "training": training or ctx.config, "key": stage.key,
+                        "best_on_validation": best_on_validation(stage, trained, start, adapter_only)})
     return trained
+
+
+def best_on_validation(stage, trained: ModelHandle, start: ModelHandle, adapter_only: bool) -> dict | None:
+    """The stage record's `best_on_validation` with `model`: the handle of the kept checkpoint (the trained model
+    itself when the last point scored best). None when the stage was trained without evaluation during training."""
+    best = stage.metadata().get("best_on_validation")
+    if not best:
+        return None
+    if best["checkpoint"] is None:
+        return {**best, "model": trained}
+    # a peft model's kept checkpoint is its adapter alone, whatever model.lora.checkpoint says of the final one
+    adapter = stage.output / best["checkpoint"] / "adapter_config.json"
+    model = ModelHandle(str(stage.output / best["checkpoint"]),
+                        {**trained.fingerprint, "checkpoint": best["checkpoint"], "step": best["step"]},
+                        trained.load_kwargs, adapter_base=start if adapter.is_file() or adapter_only else None)
+    return {**best, "model": model}
 
 
 def training_budget(trainer, steps: int, keys: TrainingConfig) -> dict:

@@ -14,7 +14,8 @@ family's answer checker. Row formats:
 Splits. `path` is a directory holding `train_file` and `test_file`, or one JSONL file, used as the test
 split (no training split then). When the training and test sources are the same file or hub split
 (ProntoQA's dev.jsonl), the first `test_size` rows are the test split and the rest the training split,
-so the two never overlap. `train_size` / `test_size` keep the first N rows. With prompt_format=few_shot
+so the two never overlap. `validation_size` takes the last N rows of the training split as the validation split
+(they leave training); then `train_size` / `test_size` keep the first N rows. With prompt_format=few_shot
 the first `few_shot_examples` training rows are the exemplars and are removed from the training split.
 An evaluation-only dataset (GAOKAO) gets an empty training split with the same columns; a split whose
 rows have no demonstrations has no `completion` column.
@@ -41,7 +42,7 @@ from framework.config import DatasetConfig, require
 from framework.data import answers
 from framework.data.answers import (GaokaoAnswerChecker, LetterAnswerChecker, MathAnswerChecker,
                                     NumericAnswerChecker, extract_strict, last_boxed)
-from framework.data.task import TaskData
+from framework.data.task import TaskData, carve_validation
 from framework.data.prompts import PROMPT_FORMATS, few_shot_block, few_shot_stop, fill
 from framework.errors import ConfigError
 
@@ -426,6 +427,13 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
         prefix = few_shot_block(config.prompt_template, config.target_delimiter, config.few_shot_separator,
                                 [(p.question, p.demonstration) for p in exemplars])
         stop = few_shot_stop(config.prompt_template, config.few_shot_separator)
+    validation_problems = None
+    if config.validation_size:  # the training split's last rows, out of training (before train_size keeps the first)
+        if not train_problems:
+            raise ConfigError(f"dataset.validation_size: the validation split is carved from the training split, and "
+                              f"dataset={config.name} has none here; set dataset.validation_size=0")
+        train_problems, validation_problems = carve_validation(train_problems, config.validation_size,
+                                                               f"dataset={config.name}")
     train_problems = _limit(train_problems, config.train_size)
 
     def with_completion(problems: list[Problem]) -> bool:
@@ -433,8 +441,11 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
 
     train = _to_dataset(train_problems, prefix, config, with_completion(train_problems))
     test = _to_dataset(test_problems, prefix, config, with_completion(test_problems))
-    fingerprint = {key: value for key, value in vars(config).items()
-                   if key not in ("path", "check_timeout_seconds")}  # neither changes the rows
+    validation = None if validation_problems is None else \
+        _to_dataset(validation_problems, prefix, config, with_completion(validation_problems))
+    fingerprint = {key: value for key, value in vars(config).items()  # neither path nor the timeout changes the rows;
+                   if key not in ("path", "check_timeout_seconds")   # validation_size only when set (keys stay put)
+                   and (key != "validation_size" or value)}
     fingerprint.update(loader_version=LOADER_VERSION, test_source=test_source.identity,
                        train_source=train_source.identity if train_source is not None else None)
     if stop:  # they change every generated text (keys of data without them stay as they were)
@@ -443,7 +454,7 @@ def load_benchmark(config: BenchmarkConfig, convert: Callable[[dict, str], Probl
              config.prompt_format)
     return TaskData(train, test, make_checker(train_problems + test_problems), fingerprint,
                     prompt_format=config.prompt_format, system_prompt=config.system_prompt,
-                    dropped_empty_gold=len(test_empty), stop=stop)
+                    dropped_empty_gold=len(test_empty), stop=stop, validation=validation)
 
 
 # ---------------------------------------------------------------------------- the options

@@ -16,7 +16,7 @@ from framework import registry
 from framework.config import DatasetConfig, require
 from framework.data import arith
 from framework.data.answers import NumericAnswerChecker
-from framework.data.task import TaskData
+from framework.data.task import TaskData, carve_validation
 from framework.errors import ConfigError
 
 SPLITS = ("train", "test")
@@ -75,11 +75,21 @@ def load_local_gsm8k_format(config: DatasetConfig, checker) -> TaskData:
     datasets, fingerprint = {}, {"path": str(directory.resolve())}
     for split in SPLITS:
         file = directory / f"{split}.jsonl"
-        rows = _limit(read_gsm8k_jsonl(file), getattr(config, f"{split}_size"))
+        rows = read_gsm8k_jsonl(file)
+        if split == "train" and config.validation_size:
+            rows, datasets["validation"] = carve_validation(rows, config.validation_size, str(file))
+        rows = _limit(rows, getattr(config, f"{split}_size"))
         datasets[split] = _rows_to_dataset(rows, config.prompt_template, checker,
                                            lambda i, rows=rows, file=file: f"{file}:{rows[i]['_line']}")
         fingerprint[split] = _file_digest(file)
-    return TaskData(datasets["train"], datasets["test"], checker, fingerprint)
+    validation = None
+    if "validation" in datasets:
+        file = directory / "train.jsonl"
+        validation = _rows_to_dataset(datasets["validation"], config.prompt_template, checker,
+                                      lambda i, rows=datasets["validation"]: f"{file}:{rows[i]['_line']}")
+        fingerprint["validation_size"] = config.validation_size  # absent when 0: keys of runs without one stay put
+    return TaskData(datasets["train"], datasets["test"], checker, fingerprint, validation=validation)
+
 
 
 # ---------------------------------------------------------------------------- arith (embedded default)
@@ -135,18 +145,21 @@ def load_arith(config: ArithDatasetConfig) -> TaskData:
     checker = NumericAnswerChecker()
     if config.path:
         return load_local_gsm8k_format(config, checker)
-    sizes = {"train": config.train_size, "test": config.test_size, "heldout": config.heldout_size}
-    try:  # the held-out pool comes last: train and test are the same with or without it
+    sizes = {"train": config.train_size, "test": config.test_size, "heldout": config.heldout_size,
+             "validation": config.validation_size}
+    try:  # the held-out pool and the validation split come last: the splits before them are the same without them
         splits = arith.generate_splits(config.spec(), sizes, config.seed)
     except ValueError as error:
         raise ConfigError(f"dataset: {error}") from None
-    fingerprint = {key: value for key, value in vars(config).items()}
+    # validation_size only when set: the keys of runs without a validation split stay as they were before it existed
+    fingerprint = {key: value for key, value in vars(config).items() if key != "validation_size" or value}
     fingerprint["generator_version"] = arith.GENERATOR_VERSION
     data = {split: _rows_to_dataset(rows, config.prompt_template, checker, lambda i, s=split: f"arith {s} row {i}")
             for split, rows in splits.items()}
     structures = {config.prompt_template.format(question=row["question"]): (row["start"], row["changes"])
                   for rows in splits.values() for row in rows}
     heldout = data["heldout"] if config.heldout_size else None  # labelled here; without_labels() strips it
-    return TaskData(data["train"], data["test"], checker, fingerprint, heldout=heldout,
+    validation = data["validation"] if config.validation_size else None
+    return TaskData(data["train"], data["test"], checker, fingerprint, heldout=heldout, validation=validation,
                     first_wrong_step=lambda prompt, steps: arith.first_wrong_step(*structures[prompt], steps))
 

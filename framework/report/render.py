@@ -20,6 +20,7 @@ from framework.report.statistics import (
     paired_scores_comparison,
 )
 from framework.report.sweep import Run
+from framework.report.validation import best_on_validation_lines
 
 # report.md's columns, report.csv's, and the per-job table's (comparison.md, comparison.csv)
 REPORT_COLUMNS = ("method", "decoder", "seeds", "accuracy % [95% CI]", "lift vs greedy %", "pass@N %",
@@ -150,7 +151,10 @@ def environment_lines(runs: list[Run]) -> list[str]:
 
 def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: list[str],
                     plots: list[tuple[str, str | None]] | None, baseline: str = BASELINE,
-                    resamples: int = BOOTSTRAP_RESAMPLES, environment: list[str] | None = None) -> str:
+                    resamples: int = BOOTSTRAP_RESAMPLES, environment: list[str] | None = None,
+                    sections: list[str] = ()) -> str:
+    """`environment`: where the numbers come from (environment_lines); `sections`: Markdown lines placed before
+    the notes (the best-on-validation checkpoints, say)."""
     lines = [f"# Comparison report: {title}", ""]
     if environment:
         lines += [*environment, ""]
@@ -217,7 +221,7 @@ def report_markdown(cells: list[Cell], title: str, missing: list[str], checks: l
         notes.append("Rows " + ", ".join(f"{c.algorithm}/{c.decoder_label}" for c in fallback) + " have no "
                      "per-problem scores: their interval combines each seed's own interval with the spread over "
                      "seeds (conservative), and they have no Δ.")
-    lines += ["### Notes", ""] + [f"- {note}" for note in notes] + [""]
+    lines += [*sections, "### Notes", ""] + [f"- {note}" for note in notes] + [""]
     if plots is not None:
         lines += ["### Plots", ""] + [f"- ![{name}]({name})" if reason is None else f"- {name}: not drawn ({reason})"
                                       for name, reason in plots] + [""]
@@ -239,7 +243,8 @@ def write_report(runs: list[Run], out_dir: Path, title: str, missing: list[str],
         for name, reason in drawn:
             if reason is not None:
                 print(f"plot {name} skipped: {reason}", file=sys.stderr)
-    text = report_markdown(cells, title, missing, checks, drawn, baseline, resamples, environment_lines(runs))
+    text = report_markdown(cells, title, missing, checks, drawn, baseline, resamples, environment_lines(runs),
+                           sections=best_on_validation_lines(runs))
     (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
     (out_dir / "report.csv").write_text(report_csv(cells), encoding="utf-8")
     return text
