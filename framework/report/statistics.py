@@ -13,6 +13,22 @@ BOOTSTRAP_SEED = 0
 Z_POWER_80 = 0.8416  # the standard normal's 80% quantile
 
 
+def _crossed_mean_squares(matrix) -> tuple[float, float, float, float, float]:
+    """(grand mean, MS_seeds, MS_problems, MS_error, variance of the grand mean) of a seeds x problems matrix under
+    the crossed random-effects model y[s, i] = mu + u_s + v_i + e_si, each variance component estimated by the
+    method of moments and truncated at 0 (at least 2 seeds and 2 problems)."""
+    seeds, problems = matrix.shape
+    mean = float(matrix.mean())
+    by_seed, by_problem = matrix.mean(axis=1), matrix.mean(axis=0)
+    ms_seeds = problems * float(((by_seed - mean) ** 2).sum()) / (seeds - 1)
+    ms_problems = seeds * float(((by_problem - mean) ** 2).sum()) / (problems - 1)
+    residual = matrix - by_seed[:, None] - by_problem[None, :] + mean
+    ms_error = float((residual ** 2).sum()) / ((seeds - 1) * (problems - 1))
+    variance = (max(0.0, (ms_seeds - ms_error) / problems) / seeds
+                + max(0.0, (ms_problems - ms_error) / seeds) / problems + ms_error / (seeds * problems))
+    return mean, ms_seeds, ms_problems, ms_error, variance
+
+
 def seed_problem_interval(matrix, z: float = Z_95) -> tuple[float, float, float]:
     """Mean accuracy of a seeds x problems matrix of per-problem scores, with a 95% interval that counts
     both sources of variation: which problems were drawn and which seeds were trained.
@@ -38,14 +54,7 @@ def seed_problem_interval(matrix, z: float = Z_95) -> tuple[float, float, float]
     seeds, problems = matrix.shape
     if seeds == 1 or problems == 1:
         return mean_interval([float(v) for v in matrix.mean(axis=0)], z)
-    mean = float(matrix.mean())
-    by_seed, by_problem = matrix.mean(axis=1), matrix.mean(axis=0)
-    ms_seeds = problems * float(((by_seed - mean) ** 2).sum()) / (seeds - 1)
-    ms_problems = seeds * float(((by_problem - mean) ** 2).sum()) / (problems - 1)
-    residual = matrix - by_seed[:, None] - by_problem[None, :] + mean
-    ms_error = float((residual ** 2).sum()) / ((seeds - 1) * (problems - 1))
-    variance = (max(0.0, (ms_seeds - ms_error) / problems) / seeds
-                + max(0.0, (ms_problems - ms_error) / seeds) / problems + ms_error / (seeds * problems))
+    mean, ms_seeds, ms_problems, ms_error, variance = _crossed_mean_squares(matrix)
     if variance <= 1e-15 and mean in (0.0, 1.0):
         low, high = wilson_interval(mean * problems, problems, z)
         return (mean, low, high)
@@ -147,14 +156,7 @@ def seed_problem_difference(differences) -> tuple[float, float, float, float, fl
 
     matrix = np.asarray(differences, dtype=float)
     seeds, problems = matrix.shape
-    mean = float(matrix.mean())
-    by_seed, by_problem = matrix.mean(axis=1), matrix.mean(axis=0)
-    ms_seeds = problems * float(((by_seed - mean) ** 2).sum()) / (seeds - 1)
-    ms_problems = seeds * float(((by_problem - mean) ** 2).sum()) / (problems - 1)
-    residual = matrix - by_seed[:, None] - by_problem[None, :] + mean
-    ms_error = float((residual ** 2).sum()) / ((seeds - 1) * (problems - 1))
-    variance = (max(0.0, (ms_seeds - ms_error) / problems) / seeds
-                + max(0.0, (ms_problems - ms_error) / seeds) / problems + ms_error / (seeds * problems))
+    mean, ms_seeds, ms_problems, ms_error, variance = _crossed_mean_squares(matrix)
     if variance <= 0:  # identical on every seed and problem
         return mean, mean, mean, 1.0 if mean == 0 else 0.0, 0.0
     # Satterthwaite: the degrees of freedom of a sum of mean squares, at least the seeds' S - 1
