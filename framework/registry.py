@@ -79,6 +79,25 @@ models: Registry = Registry("model builder", "model")
 _LOADED = False
 
 
+def _register_sweeper_with_hydra() -> None:
+    """Hydra finds plugins by scanning the directories of the `hydra_plugins` namespace package. An editable
+    install (`pip install -e .`, the README's) maps hydra_plugins.framework_sweeper through setuptools' import finder
+    without adding its directory to that namespace, so from any directory but the checkout's root the scan misses it
+    and `-m` fails with "Unknown plugin class". Hydra's own manual registration covers that case; a wheel install is
+    found by the scan, and then nothing is registered by hand."""
+    from hydra.core.plugins import Plugins
+
+    # the scan first: it re-executes the core plugin modules, and the sweeper must subclass the BasicSweeper it leaves
+    plugins = Plugins.instance()
+    try:
+        from hydra_plugins.framework_sweeper import CheckedSweeper
+    except ImportError:  # a checkout run without installing: the scan finds hydra_plugins/ under the working directory
+        return
+    name = f"{CheckedSweeper.__module__}.{CheckedSweeper.__name__}"
+    if name not in plugins.class_name_to_class:  # found by the scan already: never register a second copy
+        plugins.register(CheckedSweeper)
+
+
 def load_plugins() -> None:
     """Import built-in plugins, then external ones from installed packages' entry points."""
     global _LOADED
@@ -90,6 +109,7 @@ def load_plugins() -> None:
     # hydra/sweeper=checked (conf/default_sweeper.yaml): registered when Hydra's plugin scan imports the sweeper,
     # and here too, so that a single run still composes where the hydra_plugins package is not installed
     importlib.import_module("framework.sweeper")
+    _register_sweeper_with_hydra()
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
     package = importlib.import_module(ALGORITHMS_PACKAGE)
