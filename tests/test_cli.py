@@ -138,6 +138,7 @@ def test_a_sweep_preset_runs_from_another_directory(tmp_path):
     sweeps/ by the absolute path in conf/config.yaml); its grid pinned to one cheap job on the command line,
     which Hydra's sweeper lets win over the sweep file's values, while the file still sets the experiment."""
     result = launch(["-m", "sweeps=headline", "seed=0", "algorithm=none", "decoder=greedy", *FAST,
+                     "hydra.sweeper.grids=[]",  # the headline's further grids (beam widths, best-of-16) left out
                      "hydra.sweep.dir=sweep"], tmp_path / "cache", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [path.parent for path in (tmp_path / "sweep").glob("*/results.json")]

@@ -266,9 +266,9 @@ def test_a_job_trains_optimizer_steps_its_control_copies_them_and_the_premise_ma
     assert results["premises"]["groups_rewards_differ_share"] == pytest.approx(share)
     # the control: SFT from the same SFT model for as many optimizer steps, with GRPO's batch and rate
     control = json.loads((tmp_path / "job" / "control" / "results.json").read_text())
-    record = json.loads((cache / "control" / control["policy"]["key"] / "stage.json").read_text())
+    record = json.loads((cache / control["policy"]["stage"] / control["policy"]["key"] / "stage.json").read_text())
     assert record["global_step"] == 3
-    assert record["spec"]["start"] == stage["spec"]["base"]
-    training = record["spec"]["training"]
+    assert record["spec"]["base"] == stage["spec"]["base"]  # an sft stage from GRPO's start
+    training = record["spec"]["algorithm"]
     assert (training["per_device_train_batch_size"], training["gradient_accumulation_steps"],
             training["learning_rate"]) == (4, 2, results["algorithm_config"]["learning_rate"])

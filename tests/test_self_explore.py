@@ -590,8 +590,9 @@ def test_self_explore_runs_every_stage_and_reuses_them(monkeypatch, tmp_path):
     calls_before = len(explorer_calls)
     outcome = run(compose_config(["algorithm=outcome_dpo", *shared, *rft_node], cache), tmp_path / "b")
     # algorithm=rft's keys are flat; equal to the rft node above (FAST_TRAINING's save/logging keys undone)
-    rft = run(compose_config(["algorithm=rft", *shared, "algorithm.save_steps=50", "algorithm.logging_steps=10"],
-                             cache), tmp_path / "c")
+    node = compose_config(["algorithm=outcome_dpo", *shared, *rft_node], cache).algorithm.rft
+    rft = run(compose_config(["algorithm=rft", *shared, f"algorithm.save_steps={node.save_steps}",
+                              f"algorithm.logging_steps={node.logging_steps}"], cache), tmp_path / "c")
     assert outcome["policy"]["stage"] == "outcome_dpo" and rft["policy"]["stage"] == "rft"
     assert len(list((cache / "rationales").glob("*/stage.json"))) == 1
     assert len(list((cache / "rft").glob("*/stage.json"))) == 1

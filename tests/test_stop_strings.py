@@ -103,7 +103,7 @@ def test_every_generating_stage_of_a_few_shot_job_asks_for_the_stop_strings(tmp_
                "dataset.few_shot_examples=1", "dataset.max_new_tokens=12"]
     sampling = ["algorithm.starting_point=base", "algorithm.max_new_tokens=12", "algorithm.require_finished=false",
                 "algorithm.train_prompts=4"]
-    jobs = {"bon_sft": ["algorithm=bon_sft", *sampling, "algorithm.samples_per_prompt=3"],
+    jobs = {"bon_sft": ["algorithm=bon_sft", *sampling, "algorithm.samples_per_prompt=3", "algorithm.prompt_pool=test"],
             "self_explore": ["algorithm=self_explore", *sampling, "algorithm.rationales_per_question=2",
                              "algorithm.on_empty=skip_training", "algorithm.use_rft=false",
                              "algorithm.explored_rationales=all_incorrect", "algorithm.continuations_per_step=2",
