@@ -32,7 +32,7 @@ def test_an_installed_wheel_composes_a_sweep_preset_from_another_directory(tmp_p
     sweeps=headline there with no checkout on the path: the config and the sweep come from the installed package."""
     pytest.importorskip("setuptools", minversion="70.1")  # the build backend in place (dev extra), offline
     source = tmp_path / "source"
-    for name in ("framework", "conf", "sweeps"):
+    for name in ("framework", "conf", "sweeps", "hydra_plugins"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
@@ -43,7 +43,10 @@ def test_an_installed_wheel_composes_a_sweep_preset_from_another_directory(tmp_p
     names = zipfile.ZipFile(wheel).namelist()
     assert {"framework/conf/config.yaml", "framework/sweeps/headline.yaml", "framework/sweeps/search_sft.yaml",
             "framework/sweeps/wandb/headline.yaml"} <= set(names)
-    assert all(name.startswith(("framework/", "reasoning_posttrain_framework-")) for name in names)  # no top-level conf/
+    # no top-level conf/ or sweeps/: only the package, its metadata and the sweeper's plugin module (Hydra finds
+    # plugins only under the hydra_plugins namespace)
+    assert all(name.startswith(("framework/", "reasoning_posttrain_framework-", "hydra_plugins/framework_sweeper/"))
+               for name in names)
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel], check=True,
                    capture_output=True, timeout=300)
